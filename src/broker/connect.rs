@@ -1,0 +1,54 @@
+//! Opening an AMQP connection with the configured credentials.
+
+use lapin::{Connection, ConnectionProperties};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{BrokerAuth, Config};
+use crate::jwt::Minter;
+
+/// Lifetime of the engine's own service token (when it logs in with one).
+pub const SERVICE_TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+pub async fn connect(cfg: &Config, name: &str) -> lapin::Result<Arc<Connection>> {
+    let token = match cfg.broker_auth {
+        BrokerAuth::ServiceToken => Some(mint_service_token(cfg)),
+        _ => None,
+    };
+    let uri = cfg.amqp_uri(token.as_deref());
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    let conn = Arc::new(Connection::connect(&uri, props).await?);
+    if token.is_some() {
+        spawn_token_refresh(conn.clone(), cfg.clone());
+    }
+    Ok(conn)
+}
+
+fn mint_service_token(cfg: &Config) -> String {
+    // Config validation guarantees a secret in ServiceToken mode.
+    Minter::from_config(cfg)
+        .and_then(|m| m.service_token(&cfg.app_id, &cfg.queue_name, SERVICE_TOKEN_TTL))
+        .unwrap_or_default()
+}
+
+/// Replace the token before it expires (`connection.update-secret`): RabbitMQ 4.2.6+ closes
+/// a connection whose token expired, older versions fail its next operation.
+fn spawn_token_refresh(conn: Arc<Connection>, cfg: Config) {
+    // Holds only a weak reference: the task ends with the connection.
+    let conn = Arc::downgrade(&conn);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(SERVICE_TOKEN_TTL * 3 / 4).await;
+            let Some(conn) = conn.upgrade() else { return };
+            if !conn.status().connected() {
+                return;
+            }
+            let token = mint_service_token(&cfg);
+            if let Err(e) = conn.update_secret(token.as_str().into(), "token refresh".into()).await {
+                tracing::warn!(error = %e, "service token refresh failed; the connection will be re-established");
+                return;
+            }
+            tracing::debug!("service token refreshed");
+        }
+    });
+}

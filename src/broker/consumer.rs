@@ -1,0 +1,239 @@
+//! One consuming session on one connection: delivery → topic parse → handler → publishes
+//! (pipelined confirms) → ack.
+//!
+//! Why this shape:
+//! - Publishes are issued in delivery order on one confirm-mode channel, so messages of one
+//!   sender to one conversation leave in the order the broker delivered them.
+//! - Confirms are awaited concurrently (a `FuturesUnordered` of per-input confirm sets):
+//!   never one confirm awaited before the next publish. The number of unconfirmed publishes
+//!   is bounded by `PUBLISH_WINDOW`; the number of inputs in flight by the prefetch.
+//! - An input is acked only after every publish it caused is confirmed; a nacked publish
+//!   puts the input back on the queue (nack + requeue), never acks it. A dead channel or
+//!   connection ends the session: the broker requeues everything unacked.
+
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Acker, BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{topology, BrokerError, EXCHANGE};
+use crate::metrics::Outcome;
+use crate::plan::{Context, Plan};
+use crate::Engine;
+
+pub enum SessionEnd {
+    Shutdown,
+}
+
+/// The result of waiting for one input's confirms.
+struct Settled {
+    acker: Acker,
+    kind: &'static str,
+    publishes: usize,
+    all_acked: bool,
+}
+
+type Pending = FuturesUnordered<Pin<Box<dyn Future<Output = Settled> + Send>>>;
+
+const CONSUMER_TAG: &str = "chat21-engine";
+
+pub async fn run_session(
+    engine: &Engine,
+    conn: &Connection,
+    shutdown: &CancellationToken,
+) -> Result<SessionEnd, BrokerError> {
+    let cfg = &engine.config;
+    let consume_ch = conn.create_channel().await?;
+    consume_ch.basic_qos(cfg.prefetch, BasicQosOptions::default()).await?;
+    topology::declare(&consume_ch, &cfg.queue_name, &engine.topics.bindings()).await?;
+    let publish_ch = conn.create_channel().await?;
+    publish_ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let mut consumer = consume_ch
+        .basic_consume(
+            cfg.queue_name.as_str().into(),
+            CONSUMER_TAG.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    engine.metrics.set_broker_connected(true);
+
+    let mut session = Session {
+        engine,
+        publish_ch: &publish_ch,
+        pending: Pending::new(),
+        unconfirmed: 0,
+    };
+    let result = session.pump(&mut consumer, &consume_ch, shutdown).await;
+    // Whatever is still pending will never be acked on this channel: the broker requeues it.
+    engine.metrics.in_flight_add(-(session.pending.len() as i64));
+    result
+}
+
+struct Session<'a> {
+    engine: &'a Engine,
+    publish_ch: &'a Channel,
+    pending: Pending,
+    unconfirmed: usize,
+}
+
+impl Session<'_> {
+    async fn pump(
+        &mut self,
+        consumer: &mut lapin::Consumer,
+        consume_ch: &Channel,
+        shutdown: &CancellationToken,
+    ) -> Result<SessionEnd, BrokerError> {
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                biased;
+                Some(settled) = self.pending.next() => self.finish(settled).await?,
+                _ = shutdown.cancelled(), if !draining => {
+                    tracing::info!(in_flight = self.pending.len(), "shutting down: no new inputs, finishing in-flight ones");
+                    draining = true;
+                    consume_ch.basic_cancel(CONSUMER_TAG.into(), BasicCancelOptions::default()).await?;
+                }
+                next = consumer.next(), if !draining => match next {
+                    Some(Ok(delivery)) => self.start(delivery).await?,
+                    Some(Err(e)) => return Err(e.into()),
+                    None => return Err(BrokerError::ConsumerEnded),
+                },
+                else => break,
+            }
+        }
+        let _ = consume_ch.close(200, "shutdown".into()).await;
+        let _ = self.publish_ch.close(200, "shutdown".into()).await;
+        Ok(SessionEnd::Shutdown)
+    }
+
+    /// Handle one delivery up to the point where its publishes are on the wire.
+    async fn start(&mut self, delivery: lapin::message::Delivery) -> Result<(), BrokerError> {
+        let engine = self.engine;
+        engine.metrics.in_flight_add(1);
+        let key = delivery.routing_key.as_str();
+        let fresh_id = || uuid::Uuid::new_v4().to_string();
+        let ctx = Context {
+            now_ms: now_ms(),
+            fresh_id: &fresh_id,
+        };
+        let (kind, planned) = match engine.topics.parse(key) {
+            Ok(inbound) => (
+                inbound.kind(),
+                crate::handlers::handle(&engine.topics, &inbound, &delivery.data, &ctx),
+            ),
+            Err(reason) => ("unknown", Err(reason)),
+        };
+        let plan = match planned {
+            Ok(plan) => plan,
+            Err(reason) => {
+                // Logged once, counted, acked: the inputs behind it keep flowing.
+                tracing::warn!(
+                    routing_key = key,
+                    reason = reason.as_str(),
+                    bytes = delivery.data.len(),
+                    "input rejected"
+                );
+                engine.metrics.rejected(reason);
+                engine.metrics.input(kind, Outcome::Rejected);
+                engine.metrics.in_flight_add(-1);
+                delivery.acker.ack(BasicAckOptions::default()).await?;
+                return Ok(());
+            }
+        };
+        self.make_room(plan.publishes.len()).await?;
+        let confirms = self.publish(plan).await?;
+        let publishes = confirms.len();
+        self.unconfirmed += publishes;
+        let acker = delivery.acker;
+        let metrics = engine.metrics.clone();
+        self.pending.push(Box::pin(async move {
+            let started = Instant::now();
+            let mut all_acked = true;
+            for confirm in confirms {
+                let ok = matches!(confirm.await, Ok(Confirmation::Ack(_)));
+                all_acked &= ok;
+                if ok {
+                    metrics.confirmed(started.elapsed().as_secs_f64());
+                }
+            }
+            Settled {
+                acker,
+                kind,
+                publishes,
+                all_acked,
+            }
+        }));
+        Ok(())
+    }
+
+    /// Keep the unconfirmed-publish window bounded: settle older inputs first if needed.
+    async fn make_room(&mut self, wanted: usize) -> Result<(), BrokerError> {
+        let window = self.engine.config.publish_window;
+        while self.unconfirmed + wanted > window {
+            match self.pending.next().await {
+                Some(settled) => self.finish(settled).await?,
+                None => break, // a single plan larger than the window still goes out
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, plan: Plan) -> lapin::Result<Vec<PublisherConfirm>> {
+        let mut confirms = Vec::with_capacity(plan.publishes.len());
+        for p in plan.publishes {
+            let props = BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(if p.persistent { 2 } else { 1 });
+            // Awaiting here only hands the frame to lapin's writer; the confirm is awaited later.
+            let confirm = self
+                .publish_ch
+                .basic_publish(
+                    EXCHANGE.into(),
+                    p.key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &p.body,
+                    props,
+                )
+                .await?;
+            confirms.push(confirm);
+        }
+        Ok(confirms)
+    }
+
+    async fn finish(&mut self, s: Settled) -> Result<(), BrokerError> {
+        self.unconfirmed -= s.publishes;
+        self.engine.metrics.in_flight_add(-1);
+        if s.all_acked {
+            self.engine.metrics.input(s.kind, Outcome::Processed);
+            s.acker.ack(BasicAckOptions::default()).await?;
+        } else {
+            // The broker could not take a copy: try the whole input again later (copies that
+            // did get through are repeated with the same message_id when the client gave one).
+            tracing::warn!(kind = s.kind, "publish not confirmed; input requeued");
+            self.engine.metrics.input(s.kind, Outcome::Retried);
+            s.acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

@@ -1,0 +1,21 @@
+//! Everything that talks AMQP: the connection supervisor (connect, reconnect forever),
+//! topology, the consume → handle → publish → confirm → ack loop.
+
+mod connect;
+mod consumer;
+mod supervisor;
+mod topology;
+
+pub use connect::connect;
+pub use supervisor::supervise;
+
+/// The exchange MQTT clients publish into and receive from.
+pub const EXCHANGE: &str = "amq.topic";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("amqp: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker cancelled the consumer")]
+    ConsumerEnded,
+}

@@ -1,0 +1,51 @@
+//! Keeps the engine connected: connect with exponential, capped, jittered backoff, run a
+//! consuming session, and when the connection dies start over. Forever, until shutdown.
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+use super::consumer::{self, SessionEnd};
+use crate::Engine;
+
+pub async fn supervise(engine: Arc<Engine>, shutdown: CancellationToken) {
+    let backoff_builder = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times();
+    let mut backoff = backoff_builder.build();
+    let mut connected_before = false;
+    while !shutdown.is_cancelled() {
+        match super::connect(&engine.config, "chat21-engine").await {
+            Ok(conn) => {
+                if connected_before {
+                    engine.metrics.reconnected();
+                }
+                connected_before = true;
+                backoff = backoff_builder.build();
+                tracing::info!("connected to broker");
+                let end = consumer::run_session(&engine, &conn, &shutdown).await;
+                engine.metrics.set_broker_connected(false);
+                match end {
+                    Ok(SessionEnd::Shutdown) => {
+                        let _ = conn.close(200, "shutdown".into()).await;
+                        tracing::info!("broker connection closed");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "broker session ended; reconnecting");
+                        let _ = conn.close(320, "reconnecting".into()).await;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "broker connection failed"),
+        }
+        let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+}

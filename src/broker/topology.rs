@@ -1,0 +1,29 @@
+//! Queue and bindings, declared on every (re)connect: declarations are idempotent, and a
+//! broker that lost its definitions (new node, reset) gets them back without an operator.
+
+use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::Channel;
+
+use super::EXCHANGE;
+
+pub async fn declare(channel: &Channel, queue: &str, bindings: &[String]) -> lapin::Result<()> {
+    // Durable classic queue: inputs survive a broker restart. Not exclusive and not
+    // auto-delete, so several engine replicas share the work and nothing is dropped while the
+    // engine is down or restarting.
+    channel
+        .queue_declare(queue.into(), QueueDeclareOptions::durable(), FieldTable::default())
+        .await?;
+    for pattern in bindings {
+        channel
+            .queue_bind(
+                queue.into(),
+                EXCHANGE.into(),
+                pattern.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,27 @@
+//! Pure handlers: one typed input + its body → a [`Plan`] or a rejection. No I/O here.
+
+mod send;
+
+use crate::message::RejectReason;
+use crate::plan::{Context, Plan};
+use crate::topic::{Inbound, Topics};
+
+pub use send::is_group_message;
+
+/// Decide what one input does.
+pub fn handle(topics: &Topics, inbound: &Inbound, body: &[u8], ctx: &Context) -> Result<Plan, RejectReason> {
+    match inbound {
+        Inbound::Send { app, sender, recipient } => send::send(topics, app, sender, recipient, body, ctx),
+        // Parsed (the grammar is complete) but not bound yet: later issues add them.
+        _ => Err(RejectReason::Unsupported),
+    }
+}
+
+/// Parse a body that must be a JSON object.
+pub(crate) fn json_object(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, RejectReason> {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(_) => Err(RejectReason::NotObject),
+        Err(_) => Err(RejectReason::NotJson),
+    }
+}

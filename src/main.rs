@@ -1,0 +1,108 @@
+//! `chat21-engine`: serve (default), mint a user token, check the configuration.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+use chat21_engine::config::Config;
+use chat21_engine::{jwt, telemetry, Engine};
+
+#[derive(Parser)]
+#[command(name = "chat21-engine", version, about = "Chat21 real-time messaging engine (RabbitMQ observer)", after_help = Config::help_text())]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine (the default).
+    Serve,
+    /// Print a user JWT for MQTT/HTTP login, signed with JWT_SECRET.
+    Token {
+        user_id: String,
+        /// App id (default: APP_ID).
+        #[arg(long)]
+        app: Option<String>,
+    },
+    /// Validate the configuration and exit (0 = valid, 2 = invalid).
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("chat21-engine: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::CheckConfig => {
+            println!("configuration ok: {config:?}");
+            ExitCode::SUCCESS
+        }
+        Command::Token { user_id, app } => {
+            let app = app.unwrap_or_else(|| config.app_id.clone());
+            match jwt::Minter::from_config(&config).and_then(|m| m.user_token(&app, &user_id, config.jwt_ttl)) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("chat21-engine: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Serve => serve(config),
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    telemetry::init(&config);
+    let engine = match Engine::new(config) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("chat21-engine: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("chat21-engine: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(wait_for_signal(shutdown.clone()));
+        match chat21_engine::run(engine, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "engine failed");
+                eprintln!("chat21-engine: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,460 @@
+//! The topic grammar: the only place that builds or splits routing keys (PROTOCOL §0–§2).
+//!
+//! RabbitMQ's MQTT plugin turns an MQTT topic into an AMQP routing key by replacing `/` with
+//! `.` (and `+` with `*` in subscriptions). Nothing else is converted, so a leading `/` is a
+//! leading empty word and a `.` inside an id splits it into two words. Inputs are dispatched
+//! by a full parse of every word, never by suffix matching.
+
+use crate::config::TopicLayout;
+use crate::message::{is_valid_id, RejectReason};
+
+/// The broker refuses routing keys longer than this (AMQP shortstr).
+pub const MAX_KEY_BYTES: usize = 255;
+
+/// What a routing key asks the engine to do, with the ids it names (all validated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// I1: user `sender` sends a message to `recipient` (a user or a group).
+    Send {
+        app: String,
+        sender: String,
+        recipient: String,
+    },
+    /// I2: `me` acknowledges message `message_id` of the conversation with `with`.
+    Receipt {
+        app: String,
+        me: String,
+        with: String,
+        message_id: String,
+    },
+    /// I3: `me` updates its conversation with `with`.
+    ConversationUpdate { app: String, me: String, with: String },
+    /// I4: `me` archives its conversation with `with`.
+    Archive { app: String, me: String, with: String },
+    /// I5: a client of `user` connected or disconnected.
+    Presence {
+        app: String,
+        user: String,
+        client_id: String,
+    },
+    /// I6: `me` is typing in the conversation with `with`.
+    Typing { app: String, me: String, with: String },
+    /// I7: `me` blocks (`add == true`) or unblocks `other`.
+    Block {
+        app: String,
+        me: String,
+        other: String,
+        add: bool,
+    },
+    /// I8: a trusted service created or changed a group.
+    GroupUpdate { app: String },
+    /// I9: a trusted service replays a stored message into `inbox`'s timeline.
+    HistoryReplay {
+        app: String,
+        inbox: String,
+        convers_with: String,
+    },
+}
+
+impl Inbound {
+    /// Fixed label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Inbound::Send { .. } => "send",
+            Inbound::Receipt { .. } => "receipt",
+            Inbound::ConversationUpdate { .. } => "conversation_update",
+            Inbound::Archive { .. } => "archive",
+            Inbound::Presence { .. } => "presence",
+            Inbound::Typing { .. } => "typing",
+            Inbound::Block { .. } => "block",
+            Inbound::GroupUpdate { .. } => "group_update",
+            Inbound::HistoryReplay { .. } => "history_replay",
+        }
+    }
+}
+
+/// The seed layout's prefix, already converted to AMQP words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seed {
+    prefix: String,
+    words: usize,
+}
+
+impl Seed {
+    /// `path_prefix` is an MQTT topic prefix such as `/apps/tilechat/users`.
+    pub fn new(path_prefix: &str) -> Result<Self, String> {
+        let trimmed = path_prefix.strip_suffix('/').unwrap_or(path_prefix);
+        if trimmed.is_empty() {
+            return Err("must not be empty".into());
+        }
+        if trimmed.contains(['.', '+', '#', '*']) || trimmed.chars().any(char::is_whitespace) {
+            return Err(format!("{path_prefix:?} may not contain . + # * or whitespace"));
+        }
+        let prefix = mqtt_to_amqp(trimmed);
+        let words = prefix.split('.').count();
+        Ok(Seed { prefix, words })
+    }
+}
+
+/// Parses and renders routing keys for one configured layout.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    layout: Layout,
+}
+
+#[derive(Debug, Clone)]
+enum Layout {
+    Chat21 { app: String },
+    Seed { app: String, seed: Seed },
+}
+
+impl Topics {
+    pub fn chat21(app: &str) -> Self {
+        Topics {
+            layout: Layout::Chat21 { app: app.to_owned() },
+        }
+    }
+
+    pub fn seed(app: &str, path_prefix: &str) -> Result<Self, String> {
+        Ok(Topics {
+            layout: Layout::Seed {
+                app: app.to_owned(),
+                seed: Seed::new(path_prefix)?,
+            },
+        })
+    }
+
+    pub fn from_config(cfg: &crate::config::Config) -> Result<Self, String> {
+        match cfg.topic_layout {
+            TopicLayout::Chat21 => Ok(Self::chat21(&cfg.app_id)),
+            TopicLayout::Seed => Self::seed(&cfg.app_id, &cfg.path_prefix),
+        }
+    }
+
+    /// Binding patterns on `amq.topic` for the inputs this engine version handles.
+    pub fn bindings(&self) -> Vec<String> {
+        match &self.layout {
+            Layout::Chat21 { app } => vec![format!("apps.{app}.outgoing.users.*.messages.*.outgoing")],
+            Layout::Seed { seed, .. } => vec![format!("{}.*.*.messages.outgoing", seed.prefix)],
+        }
+    }
+
+    /// Parse a routing key into a typed input. Structure mismatch → `BadTopic`; the right
+    /// structure naming an invalid id → `InvalidId`.
+    pub fn parse(&self, key: &str) -> Result<Inbound, RejectReason> {
+        match &self.layout {
+            Layout::Chat21 { .. } => parse_chat21(key),
+            Layout::Seed { app, seed } => {
+                let rest = key
+                    .strip_prefix(seed.prefix.as_str())
+                    .and_then(|r| r.strip_prefix('.'))
+                    .ok_or(RejectReason::BadTopic)?;
+                let w: Vec<&str> = rest.split('.').collect();
+                match w.as_slice() {
+                    [s, r, "messages", "outgoing"] => {
+                        let (sender, recipient) = (id(s)?, id(r)?);
+                        Ok(Inbound::Send {
+                            app: app.clone(),
+                            sender,
+                            recipient,
+                        })
+                    }
+                    _ => Err(RejectReason::BadTopic),
+                }
+            }
+        }
+    }
+
+    /// Where a message copy lands in `timeline_of`'s inbox for the conversation with
+    /// `convers_with`: `apps.{app}.users.{timeline_of}.messages.{convers_with}.clientadded`
+    /// (seed: `{prefix}.{timeline_of}.{convers_with}.messages.clientadded`).
+    pub fn message_added(&self, app: &str, timeline_of: &str, convers_with: &str) -> Result<String, RejectReason> {
+        let key = match &self.layout {
+            Layout::Chat21 { .. } => format!("apps.{app}.users.{timeline_of}.messages.{convers_with}.clientadded"),
+            Layout::Seed { seed, .. } => format!("{}.{timeline_of}.{convers_with}.messages.clientadded", seed.prefix),
+        };
+        checked(key)
+    }
+
+    /// The key a user publishes a message on (clients and tests; the engine only parses it).
+    pub fn outgoing(&self, sender: &str, recipient: &str) -> String {
+        match &self.layout {
+            Layout::Chat21 { app } => format!("apps.{app}.outgoing.users.{sender}.messages.{recipient}.outgoing"),
+            Layout::Seed { seed, .. } => format!("{}.{sender}.{recipient}.messages.outgoing", seed.prefix),
+        }
+    }
+
+    /// Number of words of the seed prefix (0 in the chat21 layout); for tests and docs.
+    pub fn prefix_words(&self) -> usize {
+        match &self.layout {
+            Layout::Chat21 { .. } => 0,
+            Layout::Seed { seed, .. } => seed.words,
+        }
+    }
+}
+
+fn parse_chat21(key: &str) -> Result<Inbound, RejectReason> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(RejectReason::BadTopic);
+    }
+    let w: Vec<&str> = key.split('.').collect();
+    let app = |a: &str| id(a);
+    Ok(match w.as_slice() {
+        ["apps", "observer", a, "groups", "update"] => Inbound::GroupUpdate { app: app(a)? },
+        ["apps", "observer", a, "users", i, "messages", c, "delivered"] => Inbound::HistoryReplay {
+            app: app(a)?,
+            inbox: id(i)?,
+            convers_with: id(c)?,
+        },
+        ["apps", a, "outgoing", "users", s, "messages", r, "outgoing"] => Inbound::Send {
+            app: app(a)?,
+            sender: id(s)?,
+            recipient: id(r)?,
+        },
+        ["apps", a, "users", me, "messages", with, m, "update"] => Inbound::Receipt {
+            app: app(a)?,
+            me: id(me)?,
+            with: id(with)?,
+            message_id: id(m)?,
+        },
+        ["apps", a, "users", me, "conversations", with, "update"] => Inbound::ConversationUpdate {
+            app: app(a)?,
+            me: id(me)?,
+            with: id(with)?,
+        },
+        ["apps", a, "users", me, "conversations", with, "archive"] => Inbound::Archive {
+            app: app(a)?,
+            me: id(me)?,
+            with: id(with)?,
+        },
+        ["apps", a, "users", u, "presence", c] => Inbound::Presence {
+            app: app(a)?,
+            user: id(u)?,
+            client_id: id(c)?,
+        },
+        ["apps", a, "users", me, "typing", with] => Inbound::Typing {
+            app: app(a)?,
+            me: id(me)?,
+            with: id(with)?,
+        },
+        ["apps", a, "users", me, "blocks", other, verb @ ("add" | "remove")] => Inbound::Block {
+            app: app(a)?,
+            me: id(me)?,
+            other: id(other)?,
+            add: *verb == "add",
+        },
+        _ => return Err(RejectReason::BadTopic),
+    })
+}
+
+fn id(word: &str) -> Result<String, RejectReason> {
+    if is_valid_id(word) {
+        Ok(word.to_owned())
+    } else {
+        Err(RejectReason::InvalidId)
+    }
+}
+
+fn checked(key: String) -> Result<String, RejectReason> {
+    if key.len() > MAX_KEY_BYTES {
+        Err(RejectReason::KeyTooLong)
+    } else {
+        Ok(key)
+    }
+}
+
+/// MQTT topic (or filter) → AMQP routing key (or binding pattern), as RabbitMQ converts it.
+pub fn mqtt_to_amqp(topic: &str) -> String {
+    topic
+        .chars()
+        .map(|c| match c {
+            '/' => '.',
+            '+' => '*',
+            c => c,
+        })
+        .collect()
+}
+
+/// AMQP routing key → MQTT topic (what a client subscribes to).
+pub fn amqp_to_mqtt(key: &str) -> String {
+    key.chars()
+        .map(|c| match c {
+            '.' => '/',
+            '*' => '+',
+            c => c,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_every_chat21_input() {
+        let t = Topics::chat21("tilechat");
+        let s = |k: &str| t.parse(k).unwrap();
+        assert_eq!(
+            s("apps.tilechat.outgoing.users.U1.messages.U2.outgoing"),
+            Inbound::Send {
+                app: "tilechat".into(),
+                sender: "U1".into(),
+                recipient: "U2".into()
+            }
+        );
+        assert_eq!(s("apps.tilechat.users.U1.messages.U2.m1.update").kind(), "receipt");
+        assert_eq!(
+            s("apps.tilechat.users.U1.conversations.U2.update").kind(),
+            "conversation_update"
+        );
+        assert_eq!(s("apps.tilechat.users.U1.conversations.U2.archive").kind(), "archive");
+        assert_eq!(s("apps.tilechat.users.U1.presence.c1").kind(), "presence");
+        assert_eq!(s("apps.tilechat.users.U1.typing.U2").kind(), "typing");
+        assert_eq!(
+            s("apps.tilechat.users.U1.blocks.U2.remove"),
+            Inbound::Block {
+                app: "tilechat".into(),
+                me: "U1".into(),
+                other: "U2".into(),
+                add: false
+            }
+        );
+        assert_eq!(
+            s("apps.observer.tilechat.groups.update"),
+            Inbound::GroupUpdate { app: "tilechat".into() }
+        );
+        assert_eq!(
+            s("apps.observer.tilechat.users.U1.messages.g1.delivered").kind(),
+            "history_replay"
+        );
+    }
+
+    #[test]
+    fn rejects_by_full_parse_not_suffix() {
+        let t = Topics::chat21("tilechat");
+        // D5: suffix matching would take these for outgoing messages.
+        for k in [
+            "apps.tilechat.outgoing.users.U1.messages.U2.x.outgoing",
+            "x.apps.tilechat.outgoing.users.U1.messages.U2.outgoing",
+            "apps.tilechat.users.U1.messages.U2.clientadded",
+            "outgoing",
+            "",
+            ".apps.tilechat.outgoing.users.U1.messages.U2.outgoing",
+        ] {
+            assert_eq!(t.parse(k), Err(RejectReason::BadTopic), "{k}");
+        }
+        assert_eq!(
+            t.parse("apps.tilechat.outgoing.users.U1.messages..outgoing"),
+            Err(RejectReason::InvalidId)
+        );
+        assert_eq!(
+            t.parse("apps.tilechat.outgoing.users.U 1.messages.U2.outgoing"),
+            Err(RejectReason::InvalidId)
+        );
+        assert_eq!(
+            t.parse("apps.tilechat.outgoing.users.U1.messages.a*b.outgoing"),
+            Err(RejectReason::InvalidId)
+        );
+    }
+
+    #[test]
+    fn seed_layout_with_leading_slash() {
+        let t = Topics::seed("tilechat", "/apps/tilechat/users").unwrap();
+        assert_eq!(t.prefix_words(), 4);
+        assert_eq!(
+            t.bindings(),
+            vec![".apps.tilechat.users.*.*.messages.outgoing".to_string()]
+        );
+        assert_eq!(t.outgoing("S", "R"), ".apps.tilechat.users.S.R.messages.outgoing");
+        assert_eq!(
+            t.parse(".apps.tilechat.users.S.R.messages.outgoing").unwrap(),
+            Inbound::Send {
+                app: "tilechat".into(),
+                sender: "S".into(),
+                recipient: "R".into()
+            }
+        );
+        assert_eq!(
+            t.message_added("tilechat", "R", "S").unwrap(),
+            ".apps.tilechat.users.R.S.messages.clientadded"
+        );
+        assert_eq!(
+            t.parse("apps.tilechat.users.S.R.messages.outgoing"),
+            Err(RejectReason::BadTopic)
+        );
+        assert!(Topics::seed("t", "").is_err());
+        assert!(Topics::seed("t", "/a.b").is_err());
+        assert_eq!(
+            Topics::seed("t", "chat/").unwrap().outgoing("a", "b"),
+            "chat.a.b.messages.outgoing"
+        );
+    }
+
+    #[test]
+    fn mqtt_conversion() {
+        assert_eq!(mqtt_to_amqp("/apps/t/users/+/x"), ".apps.t.users.*.x");
+        assert_eq!(
+            amqp_to_mqtt("apps.t.users.U.messages.*.clientadded"),
+            "apps/t/users/U/messages/+/clientadded"
+        );
+    }
+
+    #[test]
+    fn overlong_keys() {
+        let t = Topics::chat21("tilechat");
+        let long = "a".repeat(128);
+        assert_eq!(t.message_added("tilechat", &long, &long), Err(RejectReason::KeyTooLong));
+        assert!(t.message_added("tilechat", "a", &long).is_ok());
+    }
+
+    fn valid_id() -> impl Strategy<Value = String> {
+        // Any printable text without the forbidden characters, 1..=40 chars.
+        "[^./*#+\\s\\p{Cc}]{1,40}".prop_filter("byte length", |s| s.len() <= 128)
+    }
+
+    fn layouts() -> impl Strategy<Value = Topics> {
+        prop_oneof![
+            valid_id().prop_map(|a| Topics::chat21(&a)),
+            (valid_id(), "(/?[a-z]{1,8}){1,4}").prop_map(|(a, p)| Topics::seed(&a, &p).unwrap()),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn render_then_parse_round_trips(t in layouts(), s in valid_id(), r in valid_id()) {
+            let key = t.outgoing(&s, &r);
+            match t.parse(&key) {
+                Ok(Inbound::Send { sender, recipient, .. }) => {
+                    prop_assert_eq!(sender, s);
+                    prop_assert_eq!(recipient, r);
+                }
+                Ok(other) => prop_assert!(false, "parsed as {:?}", other),
+                Err(e) => prop_assert!(key.len() > MAX_KEY_BYTES && e == RejectReason::BadTopic, "{:?}", e),
+            }
+        }
+
+        #[test]
+        fn arbitrary_keys_never_panic(t in layouts(), key in "\\PC{0,300}") {
+            let _ = t.parse(&key);
+        }
+
+        #[test]
+        fn arbitrary_dotted_keys_never_panic(key in "(apps|observer|users|outgoing|messages|x|\\*|)(\\.(apps|tilechat|observer|users|outgoing|messages|update|add|U|\\*|#| |)){0,9}") {
+            let _ = Topics::chat21("tilechat").parse(&key);
+        }
+
+        #[test]
+        fn invalid_ids_always_rejected(t in layouts(), good in valid_id(), bad in "[a-z]{0,3}[./*#+ \\t\\x00][a-z]{0,3}|") {
+            prop_assert!(t.parse(&t.outgoing(&good, &bad)).is_err());
+            prop_assert!(t.parse(&t.outgoing(&bad, &good)).is_err());
+        }
+
+        #[test]
+        fn outbound_keys_never_exceed_limit(t in layouts(), a in valid_id(), b in valid_id()) {
+            if let Ok(k) = t.message_added("app", &a, &b) {
+                prop_assert!(k.len() <= MAX_KEY_BYTES);
+            }
+        }
+    }
+}
