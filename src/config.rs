@@ -35,15 +35,13 @@ pub const VARIABLES: &[Variable] = &[
     Variable { name: "LOG_FORMAT", default: "pretty", help: "pretty (human) or json (one object a line)" },
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TopicLayout {
     Chat21,
     Seed,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Pretty,
     Json,
@@ -69,7 +67,7 @@ struct Raw {
     #[serde(default = "d_app")]
     app_id: String,
     #[serde(default = "d_layout")]
-    topic_layout: TopicLayout,
+    topic_layout: String,
     #[serde(default = "d_prefix")]
     path_prefix: String,
     #[serde(default = "d_queue")]
@@ -85,7 +83,7 @@ struct Raw {
     #[serde(default = "d_log_level")]
     log_level: String,
     #[serde(default = "d_log_format")]
-    log_format: LogFormat,
+    log_format: String,
 }
 
 fn d_host() -> String {
@@ -106,8 +104,8 @@ fn d_ttl() -> String {
 fn d_app() -> String {
     "tilechat".into()
 }
-fn d_layout() -> TopicLayout {
-    TopicLayout::Chat21
+fn d_layout() -> String {
+    "chat21".into()
 }
 fn d_prefix() -> String {
     "/apps/tilechat/users".into()
@@ -130,8 +128,8 @@ fn d_http_host() -> String {
 fn d_log_level() -> String {
     "info".into()
 }
-fn d_log_format() -> LogFormat {
-    LogFormat::Pretty
+fn d_log_format() -> String {
+    "pretty".into()
 }
 
 /// How the engine logs in to the broker.
@@ -206,11 +204,11 @@ fn bad(msg: impl Into<String>) -> ConfigError {
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_iter(std::env::vars())
+        Self::from_vars(std::env::vars())
     }
 
     /// Read from any key/value list (tests pass their own).
-    pub fn from_iter<I: IntoIterator<Item = (String, String)>>(vars: I) -> Result<Self, ConfigError> {
+    pub fn from_vars<I: IntoIterator<Item = (String, String)>>(vars: I) -> Result<Self, ConfigError> {
         // Empty values count as unset: `FOO=` in an env file or compose means "default".
         let vars = vars.into_iter().filter(|(_, v)| !v.trim().is_empty());
         let raw: Raw = envy::from_iter(vars).map_err(|e| bad(describe_envy(e)))?;
@@ -235,6 +233,16 @@ impl Config {
                     "set RABBITMQ_URI, or RABBITMQ_USER and RABBITMQ_PASSWORD, or JWT_SECRET (service token)",
                 ))
             }
+        };
+        let topic_layout = match raw.topic_layout.as_str() {
+            "chat21" => TopicLayout::Chat21,
+            "seed" => TopicLayout::Seed,
+            other => return Err(bad(format!("TOPIC_LAYOUT {other:?} must be chat21 or seed"))),
+        };
+        let log_format = match raw.log_format.as_str() {
+            "pretty" => LogFormat::Pretty,
+            "json" => LogFormat::Json,
+            other => return Err(bad(format!("LOG_FORMAT {other:?} must be pretty or json"))),
         };
         if raw.rabbitmq_port == 0 {
             return Err(bad("RABBITMQ_PORT must be 1..65535"));
@@ -276,7 +284,7 @@ impl Config {
         if raw.queue_name.is_empty() || raw.queue_name.len() > 255 || raw.queue_name.starts_with("amq.") {
             return Err(bad("QUEUE_NAME must be 1..255 bytes and not start with amq."));
         }
-        if raw.topic_layout == TopicLayout::Seed {
+        if topic_layout == TopicLayout::Seed {
             crate::topic::Seed::new(&raw.path_prefix).map_err(|e| bad(format!("PATH_PREFIX: {e}")))?;
         }
         tracing_subscriber::EnvFilter::try_new(&raw.log_level)
@@ -290,7 +298,7 @@ impl Config {
             jwt_kid: raw.jwt_kid,
             jwt_ttl,
             app_id: raw.app_id,
-            topic_layout: raw.topic_layout,
+            topic_layout,
             path_prefix: raw.path_prefix,
             queue_name: raw.queue_name,
             prefetch: raw.prefetch_messages,
@@ -298,7 +306,7 @@ impl Config {
             http_port: raw.http_port,
             http_host: raw.http_host,
             log_level: raw.log_level,
-            log_format: raw.log_format,
+            log_format,
         })
     }
 
@@ -380,7 +388,7 @@ mod tests {
     use super::*;
 
     fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        Config::from_iter(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        Config::from_vars(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
     }
 
     #[test]

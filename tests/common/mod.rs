@@ -1,0 +1,545 @@
+//! Test harness: one private RabbitMQ node per test binary (configured like production by
+//! scripts/rabbitmq-private.sh), the real engine binary as a child process, real MQTT
+//! clients (TCP and Web-MQTT) logging in with minted JWTs. Each test gets its own app id and
+//! queue, so tests share the node without seeing each other's traffic.
+#![allow(dead_code)]
+
+use chat21_engine::jwt::Minter;
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, Transport};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+pub const ENGINE: &str = env!("CARGO_BIN_EXE_chat21-engine");
+
+/// A private RabbitMQ node.
+pub struct Broker {
+    pub dir: PathBuf,
+    pub amqp_uri: String,
+    pub amqp_port: u16,
+    pub mqtt_port: u16,
+    pub ws_url: String,
+    pub jwt_secret: String,
+    pub jwt_kid: String,
+    _tmp: tempfile::TempDir,
+}
+
+static BROKER: OnceLock<Broker> = OnceLock::new();
+
+/// The node shared by every test of this binary (started on first use, stopped when the
+/// test process exits by the script's reaper).
+pub fn broker() -> &'static Broker {
+    BROKER.get_or_init(Broker::start)
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/rabbitmq-private.sh")
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let tmp = tempfile::Builder::new()
+            .prefix("chat21-rmq-")
+            .tempdir()
+            .expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let out = Command::new("bash")
+            .arg(script())
+            .arg("start")
+            .arg(&dir)
+            .env("WATCH_PID", std::process::id().to_string())
+            .env("JWT_SECRET", format!("test-secret-{}", uuid::Uuid::new_v4().simple()))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run rabbitmq-private.sh");
+        assert!(out.status.success(), "private RabbitMQ failed to start");
+        let vars: HashMap<String, String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect();
+        let get = |k: &str| {
+            vars.get(k)
+                .unwrap_or_else(|| panic!("{k} missing from script output"))
+                .clone()
+        };
+        Broker {
+            dir,
+            amqp_uri: get("AMQP_URI"),
+            amqp_port: get("AMQP_PORT").parse().unwrap(),
+            mqtt_port: get("MQTT_PORT").parse().unwrap(),
+            ws_url: get("WS_URL"),
+            jwt_secret: get("JWT_SECRET"),
+            jwt_kid: get("JWT_KID"),
+            _tmp: tmp,
+        }
+    }
+
+    /// Stop and start the node again: same ports, same data (durable queues survive).
+    pub fn restart(&self) {
+        let st = Command::new("bash")
+            .arg(script())
+            .arg("restart")
+            .arg(&self.dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "broker restart failed");
+    }
+
+    pub fn stop_node(&self) -> Duration {
+        let t = Instant::now();
+        // `restart` = stop + start; split in two for tests that need the gap.
+        let st = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                ". '{0}/node.env'; HOME='{0}/home' ERL_EPMD_PORT=$EPMD_PORT /usr/lib/rabbitmq/bin/rabbitmqctl -n \"$NODE\" -q stop",
+                self.dir.display()
+            ))
+            .status()
+            .unwrap();
+        assert!(st.success(), "broker stop failed");
+        t.elapsed()
+    }
+
+    pub fn minter(&self) -> Minter {
+        Minter::new(&self.jwt_secret, &self.jwt_kid)
+    }
+
+    pub fn token(&self, app: &str, user: &str) -> String {
+        self.minter().user_token(app, user, Duration::from_secs(3600)).unwrap()
+    }
+}
+
+/// A fresh id for apps and users: tests never share ids.
+pub fn fresh(prefix: &str) -> String {
+    format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The engine binary running as a child process against a broker.
+pub struct EngineProc {
+    pub child: Child,
+    pub http_port: u16,
+    pub app: String,
+    pub queue: String,
+    pub log: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl EngineProc {
+    /// Start an engine with its own app id and queue; waits until /readyz says ready.
+    pub async fn start(broker: &Broker, extra: &[(&str, &str)]) -> EngineProc {
+        let app = fresh("app");
+        let queue = format!("chat21.engine.{app}");
+        let mut env: Vec<(String, String)> = vec![
+            ("RABBITMQ_URI".into(), broker.amqp_uri.clone()),
+            ("JWT_SECRET".into(), broker.jwt_secret.clone()),
+            ("JWT_KID".into(), broker.jwt_kid.clone()),
+            ("APP_ID".into(), app.clone()),
+            ("QUEUE_NAME".into(), queue.clone()),
+            ("LOG_LEVEL".into(), "info".into()),
+            ("HTTP_PORT".into(), free_port().to_string()),
+            ("HTTP_HOST".into(), "127.0.0.1".into()),
+        ];
+        for (k, v) in extra {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        let app = env.iter().find(|(k, _)| k == "APP_ID").unwrap().1.clone();
+        let queue = env.iter().find(|(k, _)| k == "QUEUE_NAME").unwrap().1.clone();
+        let log = broker.dir.join(format!("engine-{}.log", fresh("")));
+        let http_port = env.iter().find(|(k, _)| k == "HTTP_PORT").unwrap().1.parse().unwrap();
+        let e = EngineProc {
+            child: spawn(&env, &log),
+            http_port,
+            app,
+            queue,
+            log,
+            env,
+        };
+        e.wait_ready().await;
+        e
+    }
+
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok((200, _)) = http_get(self.http_port, "/readyz").await {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "engine not ready in 30 s; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        http_get(self.http_port, "/metrics").await.expect("metrics").1
+    }
+
+    /// Value of one metric line (exact series text before the value).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0.0)
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn sigterm(&self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+    }
+
+    /// Start the same engine again (same app, queue, port) after it was killed.
+    pub async fn restart(&mut self) {
+        self.child = spawn(&self.env, &self.log);
+        self.wait_ready().await;
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn topics(&self) -> chat21_engine::topic::Topics {
+        chat21_engine::topic::Topics::chat21(&self.app)
+    }
+}
+
+fn spawn(env: &[(String, String)], log: &Path) -> Child {
+    let mut cmd = Command::new(ENGINE);
+    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    cmd.stdout(Stdio::from(f.try_clone().unwrap()))
+        .stderr(Stdio::from(f))
+        .stdin(Stdio::null());
+    cmd.spawn().expect("spawn engine")
+}
+
+impl Drop for EngineProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Minimal HTTP/1.0 GET on 127.0.0.1 (status, body).
+pub async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// What an MQTT client saw.
+#[derive(Debug, Clone)]
+pub enum Ev {
+    ConnAck,
+    SubAck,
+    PubAck(u16),
+    /// pkid given to an outgoing QoS 1 publish, in the order publishes were sent.
+    Sent(u16),
+    Msg {
+        topic: String,
+        body: Value,
+    },
+    Error(String),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Via {
+    Tcp,
+    Ws,
+}
+
+/// A Chat21-like MQTT client: username `JWT`, password = the user's token, clean session,
+/// random client id.
+pub struct Mqtt {
+    pub client: AsyncClient,
+    pub rx: mpsc::UnboundedReceiver<Ev>,
+    pub user: String,
+    pub app: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Mqtt {
+    pub async fn connect(broker: &Broker, app: &str, user: &str, via: Via) -> Mqtt {
+        Self::connect_with_token(broker, app, user, &broker.token(app, user), via, false).await
+    }
+
+    /// `reconnect`: keep polling after errors (rumqttc reconnects), for broker-restart tests.
+    pub async fn connect_with_token(
+        broker: &Broker,
+        app: &str,
+        user: &str,
+        token: &str,
+        via: Via,
+        reconnect: bool,
+    ) -> Mqtt {
+        match Self::try_connect(broker, app, user, token, via, reconnect).await {
+            Ok(m) => m,
+            Err(e) => panic!("no CONNACK for {user}: {e}"),
+        }
+    }
+
+    /// Ok once the broker sent CONNACK; Err with what happened instead.
+    pub async fn try_connect(
+        broker: &Broker,
+        app: &str,
+        user: &str,
+        token: &str,
+        via: Via,
+        reconnect: bool,
+    ) -> Result<Mqtt, String> {
+        let client_id = format!("c{}", uuid::Uuid::new_v4().simple());
+        let mut opts = match via {
+            Via::Tcp => MqttOptions::new(client_id, "127.0.0.1", broker.mqtt_port),
+            Via::Ws => {
+                let mut o = MqttOptions::new(client_id, broker.ws_url.clone(), 0);
+                o.set_transport(Transport::Ws);
+                o
+            }
+        };
+        opts.set_credentials("JWT", token);
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_clean_session(true);
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut eventloop) = AsyncClient::new(opts, 1000);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => drop(tx.send(Ev::ConnAck)),
+                    Ok(Event::Incoming(Packet::SubAck(_))) => drop(tx.send(Ev::SubAck)),
+                    Ok(Event::Incoming(Packet::PubAck(a))) => drop(tx.send(Ev::PubAck(a.pkid))),
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => drop(tx.send(Ev::Sent(pkid))),
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let body = serde_json::from_slice(&p.payload)
+                            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&p.payload).into()));
+                        let _ = tx.send(Ev::Msg { topic: p.topic, body });
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if tx.send(Ev::Error(e.to_string())).is_err() || !reconnect {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+        let mut m = Mqtt {
+            client,
+            rx,
+            user: user.to_string(),
+            app: app.to_string(),
+            task,
+        };
+        match m.next_event(Duration::from_secs(10)).await {
+            Some(Ev::ConnAck) => Ok(m),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    pub async fn next_event(&mut self, within: Duration) -> Option<Ev> {
+        tokio::time::timeout(within, self.rx.recv()).await.ok().flatten()
+    }
+
+    /// Subscribe to the user's whole inbox, as Chat21 clients do, and wait for the SUBACK.
+    pub async fn subscribe_inbox(&mut self) {
+        let filter = format!("apps/{}/users/{}/#", self.app, self.user);
+        self.subscribe(&filter).await.expect("inbox SUBACK");
+    }
+
+    /// Ok on SUBACK; Err with what happened instead.
+    pub async fn subscribe(&mut self, filter: &str) -> Result<(), String> {
+        self.client
+            .subscribe(filter, QoS::AtMostOnce)
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            match self.next_event(Duration::from_secs(5)).await {
+                Some(Ev::SubAck) => return Ok(()),
+                Some(Ev::Error(e)) => return Err(e),
+                None => return Err("no SUBACK".into()),
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Publish a JSON body on an AMQP-form key (converted to an MQTT topic) at QoS 1.
+    pub async fn publish(&self, amqp_key: &str, body: &[u8]) {
+        // A topic name, not a filter: only the level separator is converted.
+        let topic = amqp_key.replace('.', "/");
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, body.to_vec())
+            .await
+            .unwrap();
+    }
+
+    /// Publish and wait for the PUBACK; Err if the broker refused (closed the connection).
+    pub async fn publish_acked(&mut self, amqp_key: &str, body: &[u8]) -> Result<(), String> {
+        self.publish(amqp_key, body).await;
+        loop {
+            match self.next_event(Duration::from_secs(5)).await {
+                Some(Ev::PubAck(_)) => return Ok(()),
+                Some(Ev::Error(e)) => return Err(e),
+                None => return Err("no PUBACK".into()),
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Collect `n` inbox messages (within `within`), in arrival order.
+    pub async fn messages(&mut self, n: usize, within: Duration) -> Vec<(String, Value)> {
+        let deadline = Instant::now() + within;
+        let mut out = Vec::new();
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_event(left).await {
+                Some(Ev::Msg { topic, body }) => out.push((topic, body)),
+                Some(Ev::Error(e)) => panic!(
+                    "MQTT connection of {} failed while waiting for messages: {e}",
+                    self.user
+                ),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// Whatever else arrives within `within` (to prove nothing more came).
+    pub async fn extra_messages(&mut self, within: Duration) -> Vec<(String, Value)> {
+        self.messages(usize::MAX, within).await
+    }
+}
+
+impl Drop for Mqtt {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An AMQP observer for assertions that must survive client disconnects: a durable queue
+/// bound to a pattern, read back with basic.get.
+pub struct Tap {
+    pub channel: lapin::Channel,
+    pub queue: String,
+    _conn: lapin::Connection,
+}
+
+impl Tap {
+    pub async fn new(broker: &Broker, pattern: &str) -> Tap {
+        use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+        let conn = lapin::Connection::connect(&broker.amqp_uri, Default::default())
+            .await
+            .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        let queue = format!("tap.{}", fresh(""));
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions::durable(),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                "amq.topic".into(),
+                pattern.into(),
+                QueueBindOptions::default(),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        Tap {
+            channel,
+            queue,
+            _conn: conn,
+        }
+    }
+
+    /// A new connection to an existing tap queue (after a broker restart).
+    pub async fn reopen(broker: &Broker, queue: &str) -> Tap {
+        let conn = lapin::Connection::connect(&broker.amqp_uri, Default::default())
+            .await
+            .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        Tap {
+            channel,
+            queue: queue.to_string(),
+            _conn: conn,
+        }
+    }
+
+    /// Drain everything currently in the queue.
+    pub async fn drain(&self) -> Vec<(String, Value)> {
+        use lapin::options::BasicGetOptions;
+        let mut out = Vec::new();
+        while let Some(m) = self
+            .channel
+            .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            out.push((
+                m.delivery.routing_key.to_string(),
+                serde_json::from_slice(&m.delivery.data).unwrap_or(Value::Null),
+            ));
+        }
+        out
+    }
+}
+
+/// Publish raw bytes on amq.topic as the admin user (for inputs MQTT cannot produce).
+pub async fn amqp_publish(broker: &Broker, key: &str, body: &[u8]) {
+    let conn = lapin::Connection::connect(&broker.amqp_uri, Default::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    ch.basic_publish(
+        "amq.topic".into(),
+        key.into(),
+        Default::default(),
+        body,
+        Default::default(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let _ = conn.close(200, "done".into()).await;
+}

@@ -1,0 +1,84 @@
+//! The binary's command line: token minting, configuration errors, --help.
+
+use crate::common::ENGINE;
+use std::process::{Command, Stdio};
+
+/// Run the binary to completion. Every case here must exit on its own; it is killed
+/// after 10 s so a configuration that unexpectedly validates cannot hang the suite (and the
+/// broker address points at a closed port, never at the machine's own broker).
+fn engine(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(ENGINE);
+    cmd.env_clear()
+        .args(args)
+        .env("RABBITMQ_HOST", "127.0.0.1")
+        .env("RABBITMQ_PORT", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Outputs here are a few lines: they fit in the pipe buffers while we wait.
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn token_command_mints_a_verifiable_user_token() {
+    let secret = "cli-test-secret-0123456789";
+    let out = engine(&["token", "USER1"], &[("JWT_SECRET", secret), ("APP_ID", "myapp")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap();
+    let claims = chat21_engine::jwt::Minter::new(secret, "tiledesk-key")
+        .verify(token.trim())
+        .unwrap();
+    assert_eq!(claims.sub, "USER1");
+    assert_eq!(claims.app_id, "myapp");
+    assert_eq!(claims.exp - claims.iat, 30 * 86_400, "JWT_TTL default");
+    assert!(claims
+        .scope
+        .contains(&"rabbitmq.read:*/amq.topic/apps.myapp.users.USER1.*".to_string()));
+
+    let out = engine(&["token", "bad.user"], &[("JWT_SECRET", secret)]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn configuration_errors_are_one_line_and_exit_2() {
+    for (env, needle) in [
+        (vec![("RABBITMQ_USER", "u"), ("RABBITMQ_PORT", "abc")], "RABBITMQ_PORT"),
+        (vec![("RABBITMQ_USER", "u"), ("TOPIC_LAYOUT", "weird")], "TOPIC_LAYOUT"),
+        (
+            vec![("RABBITMQ_USER", "u"), ("PREFETCH_MESSAGES", "0")],
+            "PREFETCH_MESSAGES",
+        ),
+        (vec![("RABBITMQ_USER", "u"), ("APP_ID", "a.b")], "APP_ID"),
+        (vec![("RABBITMQ_USER", "u"), ("LOG_LEVEL", "info,a=b=c")], "LOG_LEVEL"),
+        (vec![], "RABBITMQ_URI"),
+    ] {
+        for args in [&[][..], &["check-config"][..]] {
+            let out = engine(args, &env);
+            assert_eq!(out.status.code(), Some(2), "{env:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+            assert!(err.contains(needle), "{needle} not in: {err}");
+        }
+    }
+}
+
+#[test]
+fn help_lists_every_variable() {
+    let out = engine(&["--help"], &[]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for v in chat21_engine::config::VARIABLES {
+        assert!(help.contains(v.name), "{} missing from --help", v.name);
+    }
+    assert!(help.contains("token"));
+}

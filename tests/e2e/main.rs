@@ -1,0 +1,10 @@
+//! End-to-end tests sharing one private RabbitMQ node (each test has its own app id, queue
+//! and users, so they run in parallel without seeing each other's traffic).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod cli;
+mod direct;
+mod engine_kill;
+mod security;

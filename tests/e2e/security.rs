@@ -1,0 +1,174 @@
+//! The broker configuration and minted tokens keep every user to their own topics.
+
+use crate::common::*;
+use lapin::options::{BasicConsumeOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+use std::time::Duration;
+
+#[tokio::test]
+async fn mqtt_user_can_use_own_topics_only() {
+    let b = broker();
+    let engine = EngineProc::start(b, &[]).await;
+    let app = engine.app.clone();
+    let (u1, u2) = (fresh("u"), fresh("u"));
+    let t = engine.topics();
+    // Everything that reaches amq.topic for this app, seen by an admin observer.
+    let tap = Tap::new(b, &format!("apps.{app}.#")).await;
+
+    // Allowed: publish on one's own outgoing topic, subscribe to one's own inbox.
+    let mut c1 = Mqtt::connect(b, &app, &u1, Via::Tcp).await;
+    c1.subscribe_inbox().await;
+    c1.publish_acked(&t.outgoing(&u1, &u2), br#"{"text":"mine"}"#)
+        .await
+        .unwrap();
+    assert_eq!(c1.messages(1, Duration::from_secs(10)).await.len(), 1, "own copy");
+
+    // Refused: publishing as another user (the broker closes the connection, routes nothing).
+    let mut c = Mqtt::connect(b, &app, &u1, Via::Tcp).await;
+    assert!(c
+        .publish_acked(&t.outgoing(&u2, &u1), br#"{"text":"forged"}"#)
+        .await
+        .is_err());
+    // Refused: writing into another user's inbox.
+    let mut c = Mqtt::connect(b, &app, &u1, Via::Tcp).await;
+    let forged_inbox = format!("apps.{app}.users.{u2}.messages.{u1}.clientadded");
+    assert!(c.publish_acked(&forged_inbox, br#"{"text":"forged"}"#).await.is_err());
+    // Refused: subscribing to another user's inbox, or to everybody's.
+    let mut c = Mqtt::connect(b, &app, &u1, Via::Tcp).await;
+    assert!(c.subscribe(&format!("apps/{app}/users/{u2}/#")).await.is_err());
+    let mut c = Mqtt::connect(b, &app, &u1, Via::Ws).await;
+    assert!(c.subscribe(&format!("apps/{app}/users/#")).await.is_err());
+    let mut c = Mqtt::connect(b, &app, &u1, Via::Tcp).await;
+    assert!(c.subscribe("#").await.is_err());
+    // Refused: a token of the same user id in another app.
+    let other_app_token = b.token("otherapp", &u1);
+    let mut c = Mqtt::connect_with_token(b, &app, &u1, &other_app_token, Via::Tcp, false).await;
+    assert!(c
+        .publish_acked(&t.outgoing(&u1, &u2), br#"{"text":"x"}"#)
+        .await
+        .is_err());
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = tap.drain().await;
+    let forged: Vec<_> = seen
+        .iter()
+        .filter(|(_, m)| m["text"] == "forged" || m["text"] == "x")
+        .collect();
+    assert!(forged.is_empty(), "forged publishes were routed: {forged:?}");
+}
+
+#[tokio::test]
+async fn bad_tokens_cannot_log_in() {
+    let b = broker();
+    let app = fresh("app");
+    let u = fresh("u");
+    let wrong_key = chat21_engine::jwt::Minter::new("a-completely-different-secret", &b.jwt_kid)
+        .user_token(&app, &u, Duration::from_secs(3600))
+        .unwrap();
+    for (what, token) in [
+        ("wrong key", wrong_key),
+        ("garbage", "not.a.jwt".to_string()),
+        ("expired", expired_token(b, &app, &u)),
+    ] {
+        for via in [Via::Tcp, Via::Ws] {
+            let r = Mqtt::try_connect(b, &app, &u, &token, via, false).await;
+            assert!(r.is_err(), "{what} over {via:?} was accepted");
+        }
+    }
+}
+
+fn expired_token(b: &Broker, app: &str, user: &str) -> String {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    let m = b.minter();
+    let good = m.user_token(app, user, Duration::from_secs(3600)).unwrap();
+    let mut claims = m.verify(&good).unwrap();
+    claims.iat -= 7200;
+    claims.exp = claims.iat + 60;
+    let mut h = Header::new(jsonwebtoken::Algorithm::HS256);
+    h.kid = Some(b.jwt_kid.clone());
+    encode(&h, &claims, &EncodingKey::from_secret(b.jwt_secret.as_bytes())).unwrap()
+}
+
+/// A user token used over AMQP (BROKER.md security finding) reaches neither the engine's
+/// queue nor any queue but an MQTT session's, and cannot bind to another user's inbox.
+#[tokio::test]
+async fn amqp_user_token_cannot_reach_engine_queue_or_other_queues() {
+    let b = broker();
+    let engine = EngineProc::start(b, &[]).await;
+    let (u1, u2) = (fresh("u"), fresh("u"));
+    let token = b.token(&engine.app, &u1);
+    let uri = format!("amqp://{u1}:{token}@127.0.0.1:{}/%2f", b.amqp_port);
+    let conn = lapin::Connection::connect(&uri, Default::default())
+        .await
+        .expect("a user token logs in over AMQP");
+    let q = engine.queue.as_str();
+
+    let ch = conn.create_channel().await.unwrap();
+    let r = ch
+        .basic_consume(
+            q.into(),
+            "steal".into(),
+            BasicConsumeOptions::default(),
+            Default::default(),
+        )
+        .await;
+    assert!(r.is_err(), "consumed the engine's queue");
+    let ch = conn.create_channel().await.unwrap();
+    assert!(
+        ch.basic_get(q.into(), BasicGetOptions::default()).await.is_err(),
+        "basic.get on the engine's queue"
+    );
+    let ch = conn.create_channel().await.unwrap();
+    assert!(
+        ch.queue_delete(q.into(), QueueDeleteOptions::default()).await.is_err(),
+        "deleted the engine's queue"
+    );
+    let ch = conn.create_channel().await.unwrap();
+    let r = ch
+        .queue_declare("evil".into(), QueueDeclareOptions::default(), Default::default())
+        .await;
+    assert!(r.is_err(), "declared an arbitrary queue");
+    let ch = conn.create_channel().await.unwrap();
+    let r = ch
+        .queue_declare(
+            format!("{q}.x").as_str().into(),
+            QueueDeclareOptions::default(),
+            Default::default(),
+        )
+        .await;
+    assert!(r.is_err(), "declared a queue next to the engine's");
+
+    // What an MQTT session needs is allowed, but only onto the user's own inbox.
+    let ch = conn.create_channel().await.unwrap();
+    let own = format!("mqtt-subscription-{}qos0", fresh("c"));
+    let opts = QueueDeclareOptions {
+        auto_delete: true,
+        ..Default::default()
+    };
+    ch.queue_declare(own.as_str().into(), opts, Default::default())
+        .await
+        .expect("session queue");
+    let mine = format!("apps.{}.users.{u1}.#", engine.app);
+    ch.queue_bind(
+        own.as_str().into(),
+        "amq.topic".into(),
+        mine.as_str().into(),
+        QueueBindOptions::default(),
+        Default::default(),
+    )
+    .await
+    .expect("bind own inbox");
+    let theirs = format!("apps.{}.users.{u2}.#", engine.app);
+    let r = ch
+        .queue_bind(
+            own.as_str().into(),
+            "amq.topic".into(),
+            theirs.as_str().into(),
+            QueueBindOptions::default(),
+            Default::default(),
+        )
+        .await;
+    assert!(r.is_err(), "bound to another user's inbox");
+
+    // The engine is unaffected and its queue intact.
+    assert_eq!(http_get(engine.http_port, "/readyz").await.unwrap().0, 200);
+}
