@@ -1,0 +1,437 @@
+//! Benchmark: the engine against a minimal relay (src/bin/relay.rs), in the same run, on a
+//! private RabbitMQ node. Rounds alternate the two subjects; medians are reported because
+//! single runs on a small machine swing by ±25 %.
+//!
+//! Per round and subject:
+//! - burst/throughput: N messages from S senders to R recipients are queued first, then the
+//!   subject starts and drains them; the rate is measured from the first to the last recipient
+//!   copy arriving. CPU seconds per message come from /proc (utime+stime), peak RSS from
+//!   VmHWM after the burst (memory must be bounded by the prefetch, not by the burst).
+//! - latency: messages at a fixed rate; send-to-recipient-copy percentiles.
+//!
+//! Build everything, then run:  cargo build --release --bins && target/release/bench
+
+use clap::Parser;
+use futures::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chat21_engine::topic::Topics;
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "chat21-engine vs minimal relay: throughput, latency, CPU, memory")]
+struct Args {
+    /// Rounds (each runs both subjects, order alternating).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Messages in the burst.
+    #[arg(long, default_value_t = 20_000)]
+    messages: usize,
+    #[arg(long, default_value_t = 10)]
+    senders: usize,
+    #[arg(long, default_value_t = 10)]
+    recipients: usize,
+    /// Fixed rate of the latency phase, messages per second.
+    #[arg(long, default_value_t = 2000)]
+    rate: u64,
+    /// Duration of the latency phase.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// PREFETCH_MESSAGES for both subjects.
+    #[arg(long, default_value_t = 256)]
+    prefetch: u16,
+    /// Use an already running broker (AMQP URI with admin rights) instead of a private node.
+    #[arg(long)]
+    amqp_uri: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Subject {
+    Engine,
+    Relay,
+}
+
+impl Subject {
+    fn name(self) -> &'static str {
+        match self {
+            Subject::Engine => "engine",
+            Subject::Relay => "relay",
+        }
+    }
+}
+
+#[derive(Default, Clone, Debug)]
+struct RoundResult {
+    msgs_per_sec: f64,
+    cpu_us_per_msg: f64,
+    peak_rss_mb: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let bin_dir = std::env::current_exe()?.parent().unwrap().to_path_buf();
+    for b in ["chat21-engine", "relay"] {
+        if !bin_dir.join(b).exists() {
+            return Err(format!("{} not found: build with `cargo build --release --bins`", bin_dir.join(b).display()).into());
+        }
+    }
+    let (uri, _node) = match &args.amqp_uri {
+        Some(u) => (u.clone(), None),
+        None => {
+            let node = PrivateNode::start()?;
+            (node.amqp_uri.clone(), Some(node))
+        }
+    };
+    eprintln!(
+        "bench: {} rounds; burst {} msgs from {} senders to {} recipients; latency {} msg/s for {} s; prefetch {}",
+        args.rounds, args.messages, args.senders, args.recipients, args.rate, args.seconds, args.prefetch
+    );
+    let conn = Connection::connect(&uri, Default::default()).await?;
+    let mut results: HashMap<Subject, Vec<RoundResult>> = HashMap::new();
+    for round in 0..args.rounds {
+        let order = if round % 2 == 0 { [Subject::Engine, Subject::Relay] } else { [Subject::Relay, Subject::Engine] };
+        for subject in order {
+            let r = run_round(&conn, &uri, &bin_dir, subject, &args).await?;
+            eprintln!(
+                "round {} {:>6}: {:>8.0} msg/s  cpu {:>6.1} µs/msg  rss {:>5.1} MB  p50 {:>6.2} ms  p99 {:>6.2} ms",
+                round + 1,
+                subject.name(),
+                r.msgs_per_sec,
+                r.cpu_us_per_msg,
+                r.peak_rss_mb,
+                r.p50_ms,
+                r.p99_ms
+            );
+            results.entry(subject).or_default().push(r);
+        }
+    }
+    report(&results, &args);
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        return 0.0;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn report(results: &HashMap<Subject, Vec<RoundResult>>, args: &Args) {
+    let med = |s: Subject, f: fn(&RoundResult) -> f64| median(results[&s].iter().map(f).collect());
+    println!("\nmedians of {} rounds (burst {} msgs, latency at {} msg/s):", args.rounds, args.messages, args.rate);
+    println!("| subject | throughput msg/s | CPU µs/msg | peak RSS MB | p50 ms | p99 ms | p99.9 ms |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for s in [Subject::Engine, Subject::Relay] {
+        println!(
+            "| {} | {:.0} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} |",
+            s.name(),
+            med(s, |r| r.msgs_per_sec),
+            med(s, |r| r.cpu_us_per_msg),
+            med(s, |r| r.peak_rss_mb),
+            med(s, |r| r.p50_ms),
+            med(s, |r| r.p99_ms),
+            med(s, |r| r.p999_ms)
+        );
+    }
+    let tp = med(Subject::Engine, |r| r.msgs_per_sec) / med(Subject::Relay, |r| r.msgs_per_sec);
+    let p99 = med(Subject::Engine, |r| r.p99_ms) / med(Subject::Relay, |r| r.p99_ms);
+    let rss = med(Subject::Engine, |r| r.peak_rss_mb);
+    println!("\nengine/relay throughput ratio: {tp:.2} (target >= 0.90)");
+    println!("engine/relay p99 latency ratio: {p99:.2} (target <= 1.50)");
+    println!("engine peak RSS: {rss:.1} MB (target <= 25 MB)");
+}
+
+async fn run_round(conn: &Connection, uri: &str, bin_dir: &Path, subject: Subject, args: &Args) -> Result<RoundResult, Box<dyn std::error::Error>> {
+    let app = format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let queue = format!("chat21.bench.{app}");
+    let topics = Topics::chat21(&app);
+    let ch = conn.create_channel().await?;
+    // The subject's queue and bindings exist before it starts, so the burst waits in it.
+    ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default()).await?;
+    for b in topics.bindings() {
+        ch.queue_bind(queue.as_str().into(), "amq.topic".into(), b.as_str().into(), QueueBindOptions::default(), FieldTable::default())
+            .await?;
+    }
+    let epoch = Instant::now();
+    let sink = Sink::start(conn, &app, args.recipients, epoch).await?;
+
+    // Burst: queue N messages, then start the subject and time the drain.
+    publish_burst(&ch, &topics, args, epoch).await?;
+    let mut child = spawn_subject(bin_dir, subject, uri, &app, &queue, args.prefetch)?;
+    let pid = child.id();
+    let cpu0 = cpu_seconds(pid);
+    let (first, last) = sink.wait_for(args.messages as u64, Duration::from_secs(300)).await?;
+    let cpu1 = cpu_seconds(pid);
+    let rss = peak_rss_mb(pid);
+    let msgs_per_sec = (args.messages as f64 - 1.0) / (last - first).as_secs_f64().max(1e-9);
+
+    // Latency at a fixed rate.
+    sink.reset();
+    let total = args.rate * args.seconds;
+    publish_paced(&ch, &topics, args, epoch, total).await?;
+    sink.wait_for(total, Duration::from_secs(120)).await?;
+    let lat = sink.latencies_ms();
+
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    let _ = ch.close(200, "done".into()).await;
+    Ok(RoundResult {
+        msgs_per_sec,
+        cpu_us_per_msg: (cpu1 - cpu0) * 1e6 / args.messages as f64,
+        peak_rss_mb: rss,
+        p50_ms: percentile(&lat, 0.50),
+        p99_ms: percentile(&lat, 0.99),
+        p999_ms: percentile(&lat, 0.999),
+    })
+}
+
+fn body(n: usize, epoch: Instant) -> Vec<u8> {
+    serde_json::json!({
+        "text": format!("hello, this is benchmark message number {n}"),
+        "type": "text",
+        "channel_type": "direct",
+        "sender_fullname": "Bench Sender",
+        "recipient_fullname": "Bench Recipient",
+        "attributes": {"client": "bench", "lang": "en"},
+        "metadata": null,
+        "sent_ns": epoch.elapsed().as_nanos() as u64,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn route(topics: &Topics, n: usize, args: &Args) -> String {
+    let s = n % args.senders;
+    let r = (n / args.senders) % args.recipients;
+    topics.outgoing(&format!("s{s}"), &format!("r{r}"))
+}
+
+async fn publish_burst(ch: &Channel, topics: &Topics, args: &Args, epoch: Instant) -> Result<(), Box<dyn std::error::Error>> {
+    ch.confirm_select(Default::default()).await?;
+    let props = BasicProperties::default().with_delivery_mode(2);
+    for n in 0..args.messages {
+        ch.basic_publish("amq.topic".into(), route(topics, n, args).as_str().into(), BasicPublishOptions::default(), &body(n, epoch), props.clone())
+            .await?;
+    }
+    ch.wait_for_confirms().await?;
+    Ok(())
+}
+
+async fn publish_paced(ch: &Channel, topics: &Topics, args: &Args, epoch: Instant, total: u64) -> Result<(), Box<dyn std::error::Error>> {
+    let props = BasicProperties::default().with_delivery_mode(2);
+    let start = Instant::now();
+    for n in 0..total {
+        // Absolute schedule: no drift when a tick is late.
+        let due = start + Duration::from_nanos(n * 1_000_000_000 / args.rate);
+        tokio::time::sleep_until(due.into()).await;
+        ch.basic_publish(
+            "amq.topic".into(),
+            route(topics, n as usize, args).as_str().into(),
+            BasicPublishOptions::default(),
+            &body(n as usize, epoch),
+            props.clone(),
+        )
+        .await?;
+    }
+    ch.wait_for_confirms().await?;
+    Ok(())
+}
+
+/// Counts recipient copies (and their latency) on a queue bound to every recipient's inbox.
+struct Sink {
+    count: Arc<AtomicU64>,
+    first_last: Arc<Mutex<(Option<Instant>, Option<Instant>)>>,
+    latencies: Arc<Mutex<Vec<f64>>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Sink {
+    /// `epoch`: the instant `sent_ns` in message bodies is measured from.
+    async fn start(conn: &Connection, app: &str, recipients: usize, epoch: Instant) -> Result<Sink, Box<dyn std::error::Error>> {
+        let ch = conn.create_channel().await?;
+        let q = format!("bench.sink.{app}");
+        let opts = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+        ch.queue_declare(q.as_str().into(), opts, FieldTable::default()).await?;
+        for r in 0..recipients {
+            let key = format!("apps.{app}.users.r{r}.messages.*.clientadded");
+            ch.queue_bind(q.as_str().into(), "amq.topic".into(), key.as_str().into(), QueueBindOptions::default(), FieldTable::default())
+                .await?;
+        }
+        let mut consumer = ch
+            .basic_consume(q.as_str().into(), "sink".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+            .await?;
+        let count = Arc::new(AtomicU64::new(0));
+        let first_last = Arc::new(Mutex::new((None, None)));
+        let latencies = Arc::new(Mutex::new(Vec::new()));
+        let (c, fl, lat) = (count.clone(), first_last.clone(), latencies.clone());
+        let task = tokio::spawn(async move {
+            let _ch = ch; // keep the channel open as long as the consumer runs
+            while let Some(Ok(d)) = consumer.next().await {
+                let now = Instant::now();
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&d.data) {
+                    if let Some(sent) = v["sent_ns"].as_u64() {
+                        let recv = now.duration_since(epoch).as_nanos() as u64;
+                        lat.lock().unwrap().push(recv.saturating_sub(sent) as f64 / 1e6);
+                    }
+                }
+                let mut g = fl.lock().unwrap();
+                g.0.get_or_insert(now);
+                g.1 = Some(now);
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Ok(Sink { count, first_last, latencies, _task: task })
+    }
+
+    fn reset(&self) {
+        self.count.store(0, Ordering::Relaxed);
+        *self.first_last.lock().unwrap() = (None, None);
+        self.latencies.lock().unwrap().clear();
+    }
+
+    async fn wait_for(&self, n: u64, limit: Duration) -> Result<(Instant, Instant), Box<dyn std::error::Error>> {
+        let deadline = Instant::now() + limit;
+        while self.count.load(Ordering::Relaxed) < n {
+            if Instant::now() > deadline {
+                return Err(format!("only {} of {n} recipient copies arrived", self.count.load(Ordering::Relaxed)).into());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let g = self.first_last.lock().unwrap();
+        Ok((g.0.unwrap(), g.1.unwrap()))
+    }
+
+    fn latencies_ms(&self) -> Vec<f64> {
+        self.latencies.lock().unwrap().clone()
+    }
+}
+
+fn percentile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s[((s.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn spawn_subject(bin_dir: &Path, subject: Subject, uri: &str, app: &str, queue: &str, prefetch: u16) -> std::io::Result<Child> {
+    let bin = bin_dir.join(match subject {
+        Subject::Engine => "chat21-engine",
+        Subject::Relay => "relay",
+    });
+    Command::new(bin)
+        .env_clear()
+        .env("RABBITMQ_URI", uri)
+        .env("APP_ID", app)
+        .env("QUEUE_NAME", queue)
+        .env("PREFETCH_MESSAGES", prefetch.to_string())
+        .env("HTTP_PORT", "0")
+        .env("LOG_LEVEL", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    // /proc/PID/stat fields 14 and 15 (utime, stime) in clock ticks, after the `(comm)` field.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// A private RabbitMQ node from scripts/rabbitmq-private.sh, stopped on drop.
+struct PrivateNode {
+    amqp_uri: String,
+    dir: PathBuf,
+    _tmp: tempfile_dir::TempDir,
+}
+
+impl PrivateNode {
+    fn start() -> Result<PrivateNode, Box<dyn std::error::Error>> {
+        let tmp = tempfile_dir::TempDir::new()?;
+        let dir = tmp.path().to_path_buf();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/rabbitmq-private.sh");
+        eprintln!("bench: starting a private RabbitMQ node in {}", dir.display());
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("start")
+            .arg(&dir)
+            .env("WATCH_PID", std::process::id().to_string())
+            .stderr(Stdio::inherit())
+            .output()?;
+        if !out.status.success() {
+            return Err("private RabbitMQ node failed to start".into());
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let amqp_uri = text
+            .lines()
+            .find_map(|l| l.strip_prefix("AMQP_URI="))
+            .ok_or("no AMQP_URI from the script")?
+            .to_string();
+        Ok(PrivateNode { amqp_uri, dir, _tmp: tmp })
+    }
+}
+
+impl Drop for PrivateNode {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/rabbitmq-private.sh");
+        let _ = Command::new("bash").arg(script).arg("stop").arg(&self.dir).status();
+    }
+}
+
+/// A temp dir without a dev-dependency in the binary: removed on drop.
+mod tempfile_dir {
+    use std::path::{Path, PathBuf};
+
+    pub struct TempDir(PathBuf);
+
+    impl TempDir {
+        pub fn new() -> std::io::Result<TempDir> {
+            let p = std::env::temp_dir().join(format!("chat21-bench-{}", uuid::Uuid::new_v4().simple()));
+            std::fs::create_dir_all(&p)?;
+            Ok(TempDir(p))
+        }
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}

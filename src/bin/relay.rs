@@ -1,0 +1,78 @@
+//! The benchmark's baseline: the least a lossless relay must do. Consume the outgoing
+//! queue, publish the body unchanged to the sender's and the recipient's inbox keys, ack
+//! after both confirms (pipelined, like the engine). No JSON, no policies, no metrics.
+//!
+//! Env: RABBITMQ_URI, APP_ID, QUEUE_NAME, PREFETCH_MESSAGES.
+
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions};
+use lapin::options::{ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
+
+use chat21_engine::topic::{Inbound, Topics};
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let uri = std::env::var("RABBITMQ_URI")?;
+    let app = std::env::var("APP_ID").unwrap_or_else(|_| "tilechat".into());
+    let queue = std::env::var("QUEUE_NAME").unwrap_or_else(|_| "chat21.relay".into());
+    let prefetch: u16 = std::env::var("PREFETCH_MESSAGES").ok().and_then(|p| p.parse().ok()).unwrap_or(256);
+    let topics = Topics::chat21(&app);
+
+    let conn = Connection::connect(&uri, ConnectionProperties::default()).await?;
+    let consume = conn.create_channel().await?;
+    consume.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    consume.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default()).await?;
+    for b in topics.bindings() {
+        consume
+            .queue_bind(queue.as_str().into(), "amq.topic".into(), b.as_str().into(), QueueBindOptions::default(), FieldTable::default())
+            .await?;
+    }
+    let publish = conn.create_channel().await?;
+    publish.confirm_select(ConfirmSelectOptions::default()).await?;
+    let mut consumer = consume
+        .basic_consume(queue.as_str().into(), "relay".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await?;
+    let props = BasicProperties::default().with_delivery_mode(2);
+    let mut pending = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            biased;
+            Some((acker, ok)) = pending.next() => {
+                let acker: lapin::Acker = acker;
+                if ok {
+                    acker.ack(BasicAckOptions::default()).await?;
+                } else {
+                    acker.nack(BasicNackOptions { requeue: true, multiple: false }).await?;
+                }
+            }
+            next = consumer.next() => {
+                let Some(delivery) = next else { return Ok(()) };
+                let delivery = delivery?;
+                let Ok(Inbound::Send { app, sender, recipient }) = topics.parse(delivery.routing_key.as_str()) else {
+                    delivery.acker.ack(BasicAckOptions::default()).await?;
+                    continue;
+                };
+                let mut confirms = Vec::with_capacity(2);
+                for (a, b) in [(&sender, &recipient), (&recipient, &sender)] {
+                    let key = topics.message_added(&app, a, b).unwrap_or_default();
+                    confirms.push(
+                        publish
+                            .basic_publish("amq.topic".into(), key.as_str().into(), BasicPublishOptions::default(), &delivery.data, props.clone())
+                            .await?,
+                    );
+                }
+                let acker = delivery.acker;
+                pending.push(async move {
+                    let mut ok = true;
+                    for c in confirms {
+                        ok &= matches!(c.await, Ok(Confirmation::Ack(_)));
+                    }
+                    (acker, ok)
+                });
+            }
+        }
+    }
+}
