@@ -13,7 +13,9 @@
 
 use clap::Parser;
 use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
 use std::collections::HashMap;
@@ -83,7 +85,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bin_dir = std::env::current_exe()?.parent().unwrap().to_path_buf();
     for b in ["chat21-engine", "relay"] {
         if !bin_dir.join(b).exists() {
-            return Err(format!("{} not found: build with `cargo build --release --bins`", bin_dir.join(b).display()).into());
+            return Err(format!(
+                "{} not found: build with `cargo build --release --bins`",
+                bin_dir.join(b).display()
+            )
+            .into());
         }
     }
     let (uri, _node) = match &args.amqp_uri {
@@ -100,7 +106,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let conn = Connection::connect(&uri, Default::default()).await?;
     let mut results: HashMap<Subject, Vec<RoundResult>> = HashMap::new();
     for round in 0..args.rounds {
-        let order = if round % 2 == 0 { [Subject::Engine, Subject::Relay] } else { [Subject::Relay, Subject::Engine] };
+        let order = if round % 2 == 0 {
+            [Subject::Engine, Subject::Relay]
+        } else {
+            [Subject::Relay, Subject::Engine]
+        };
         for subject in order {
             let r = run_round(&conn, &uri, &bin_dir, subject, &args).await?;
             eprintln!(
@@ -135,7 +145,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn report(results: &HashMap<Subject, Vec<RoundResult>>, args: &Args) {
     let med = |s: Subject, f: fn(&RoundResult) -> f64| median(results[&s].iter().map(f).collect());
-    println!("\nmedians of {} rounds (burst {} msgs, latency at {} msg/s):", args.rounds, args.messages, args.rate);
+    println!(
+        "\nmedians of {} rounds (burst {} msgs, latency at {} msg/s):",
+        args.rounds, args.messages, args.rate
+    );
     println!("| subject | throughput msg/s | CPU µs/msg | peak RSS MB | p50 ms | p99 ms | p99.9 ms |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for s in [Subject::Engine, Subject::Relay] {
@@ -158,16 +171,33 @@ fn report(results: &HashMap<Subject, Vec<RoundResult>>, args: &Args) {
     println!("engine peak RSS: {rss:.1} MB (target <= 25 MB)");
 }
 
-async fn run_round(conn: &Connection, uri: &str, bin_dir: &Path, subject: Subject, args: &Args) -> Result<RoundResult, Box<dyn std::error::Error>> {
+async fn run_round(
+    conn: &Connection,
+    uri: &str,
+    bin_dir: &Path,
+    subject: Subject,
+    args: &Args,
+) -> Result<RoundResult, Box<dyn std::error::Error>> {
     let app = format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let queue = format!("chat21.bench.{app}");
     let topics = Topics::chat21(&app);
     let ch = conn.create_channel().await?;
     // The subject's queue and bindings exist before it starts, so the burst waits in it.
-    ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default()).await?;
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions::durable(),
+        FieldTable::default(),
+    )
+    .await?;
     for b in topics.bindings() {
-        ch.queue_bind(queue.as_str().into(), "amq.topic".into(), b.as_str().into(), QueueBindOptions::default(), FieldTable::default())
-            .await?;
+        ch.queue_bind(
+            queue.as_str().into(),
+            "amq.topic".into(),
+            b.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
     }
     let epoch = Instant::now();
     let sink = Sink::start(conn, &app, args.recipients, epoch).await?;
@@ -191,7 +221,9 @@ async fn run_round(conn: &Connection, uri: &str, bin_dir: &Path, subject: Subjec
 
     let _ = child.kill();
     let _ = child.wait();
-    let _ = ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    let _ = ch
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
     let _ = ch.close(200, "done".into()).await;
     Ok(RoundResult {
         msgs_per_sec,
@@ -224,18 +256,35 @@ fn route(topics: &Topics, n: usize, args: &Args) -> String {
     topics.outgoing(&format!("s{s}"), &format!("r{r}"))
 }
 
-async fn publish_burst(ch: &Channel, topics: &Topics, args: &Args, epoch: Instant) -> Result<(), Box<dyn std::error::Error>> {
+async fn publish_burst(
+    ch: &Channel,
+    topics: &Topics,
+    args: &Args,
+    epoch: Instant,
+) -> Result<(), Box<dyn std::error::Error>> {
     ch.confirm_select(Default::default()).await?;
     let props = BasicProperties::default().with_delivery_mode(2);
     for n in 0..args.messages {
-        ch.basic_publish("amq.topic".into(), route(topics, n, args).as_str().into(), BasicPublishOptions::default(), &body(n, epoch), props.clone())
-            .await?;
+        ch.basic_publish(
+            "amq.topic".into(),
+            route(topics, n, args).as_str().into(),
+            BasicPublishOptions::default(),
+            &body(n, epoch),
+            props.clone(),
+        )
+        .await?;
     }
     ch.wait_for_confirms().await?;
     Ok(())
 }
 
-async fn publish_paced(ch: &Channel, topics: &Topics, args: &Args, epoch: Instant, total: u64) -> Result<(), Box<dyn std::error::Error>> {
+async fn publish_paced(
+    ch: &Channel,
+    topics: &Topics,
+    args: &Args,
+    epoch: Instant,
+    total: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
     let props = BasicProperties::default().with_delivery_mode(2);
     let start = Instant::now();
     for n in 0..total {
@@ -265,18 +314,41 @@ struct Sink {
 
 impl Sink {
     /// `epoch`: the instant `sent_ns` in message bodies is measured from.
-    async fn start(conn: &Connection, app: &str, recipients: usize, epoch: Instant) -> Result<Sink, Box<dyn std::error::Error>> {
+    async fn start(
+        conn: &Connection,
+        app: &str,
+        recipients: usize,
+        epoch: Instant,
+    ) -> Result<Sink, Box<dyn std::error::Error>> {
         let ch = conn.create_channel().await?;
         let q = format!("bench.sink.{app}");
-        let opts = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+        let opts = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        };
         ch.queue_declare(q.as_str().into(), opts, FieldTable::default()).await?;
         for r in 0..recipients {
             let key = format!("apps.{app}.users.r{r}.messages.*.clientadded");
-            ch.queue_bind(q.as_str().into(), "amq.topic".into(), key.as_str().into(), QueueBindOptions::default(), FieldTable::default())
-                .await?;
+            ch.queue_bind(
+                q.as_str().into(),
+                "amq.topic".into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
         }
         let mut consumer = ch
-            .basic_consume(q.as_str().into(), "sink".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+            .basic_consume(
+                q.as_str().into(),
+                "sink".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await?;
         let count = Arc::new(AtomicU64::new(0));
         let first_last = Arc::new(Mutex::new((None, None)));
@@ -298,7 +370,12 @@ impl Sink {
                 c.fetch_add(1, Ordering::Relaxed);
             }
         });
-        Ok(Sink { count, first_last, latencies, _task: task })
+        Ok(Sink {
+            count,
+            first_last,
+            latencies,
+            _task: task,
+        })
     }
 
     fn reset(&self) {
@@ -311,7 +388,11 @@ impl Sink {
         let deadline = Instant::now() + limit;
         while self.count.load(Ordering::Relaxed) < n {
             if Instant::now() > deadline {
-                return Err(format!("only {} of {n} recipient copies arrived", self.count.load(Ordering::Relaxed)).into());
+                return Err(format!(
+                    "only {} of {n} recipient copies arrived",
+                    self.count.load(Ordering::Relaxed)
+                )
+                .into());
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -333,7 +414,14 @@ fn percentile(v: &[f64], p: f64) -> f64 {
     s[((s.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn spawn_subject(bin_dir: &Path, subject: Subject, uri: &str, app: &str, queue: &str, prefetch: u16) -> std::io::Result<Child> {
+fn spawn_subject(
+    bin_dir: &Path,
+    subject: Subject,
+    uri: &str,
+    app: &str,
+    queue: &str,
+    prefetch: u16,
+) -> std::io::Result<Child> {
     let bin = bin_dir.join(match subject {
         Subject::Engine => "chat21-engine",
         Subject::Relay => "relay",
@@ -401,7 +489,11 @@ impl PrivateNode {
             .find_map(|l| l.strip_prefix("AMQP_URI="))
             .ok_or("no AMQP_URI from the script")?
             .to_string();
-        Ok(PrivateNode { amqp_uri, dir, _tmp: tmp })
+        Ok(PrivateNode {
+            amqp_uri,
+            dir,
+            _tmp: tmp,
+        })
     }
 }
 

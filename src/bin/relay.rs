@@ -13,27 +13,47 @@ use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
 
 use chat21_engine::topic::{Inbound, Topics};
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let uri = std::env::var("RABBITMQ_URI")?;
     let app = std::env::var("APP_ID").unwrap_or_else(|_| "tilechat".into());
     let queue = std::env::var("QUEUE_NAME").unwrap_or_else(|_| "chat21.relay".into());
-    let prefetch: u16 = std::env::var("PREFETCH_MESSAGES").ok().and_then(|p| p.parse().ok()).unwrap_or(256);
+    let prefetch: u16 = std::env::var("PREFETCH_MESSAGES")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(256);
     let topics = Topics::chat21(&app);
 
     let conn = Connection::connect(&uri, ConnectionProperties::default()).await?;
     let consume = conn.create_channel().await?;
     consume.basic_qos(prefetch, BasicQosOptions::default()).await?;
-    consume.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default()).await?;
+    consume
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await?;
     for b in topics.bindings() {
         consume
-            .queue_bind(queue.as_str().into(), "amq.topic".into(), b.as_str().into(), QueueBindOptions::default(), FieldTable::default())
+            .queue_bind(
+                queue.as_str().into(),
+                "amq.topic".into(),
+                b.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await?;
     }
     let publish = conn.create_channel().await?;
     publish.confirm_select(ConfirmSelectOptions::default()).await?;
     let mut consumer = consume
-        .basic_consume(queue.as_str().into(), "relay".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            queue.as_str().into(),
+            "relay".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     let props = BasicProperties::default().with_delivery_mode(2);
     let mut pending = FuturesUnordered::new();

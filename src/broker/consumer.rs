@@ -7,12 +7,15 @@
 //! - Confirms are awaited concurrently (a `FuturesUnordered` of per-input confirm sets):
 //!   never one confirm awaited before the next publish. The number of unconfirmed publishes
 //!   is bounded by `PUBLISH_WINDOW`; the number of inputs in flight by the prefetch.
-//! - An input is acked only after every publish it caused is confirmed; a nacked publish
-//!   puts the input back on the queue (nack + requeue), never acks it. A dead channel or
-//!   connection ends the session: the broker requeues everything unacked.
+//! - Publishes never wait for lapin's writer thread inside the loop (see `publish`).
+//! - An input is acked only after every publish it caused is confirmed; acks are coalesced
+//!   into `multiple=true` frames (see `acks.rs`). A nacked publish puts the input back on
+//!   the queue (nack + requeue), never acks it. A dead channel or connection ends the
+//!   session: the broker requeues everything unacked.
 
+use futures::future::{maybe_done, MaybeDone};
 use futures::stream::FuturesUnordered;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions,
@@ -24,6 +27,7 @@ use std::pin::Pin;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::acks::AckTracker;
 use super::{topology, BrokerError, EXCHANGE};
 use crate::metrics::Outcome;
 use crate::plan::{Context, Plan};
@@ -35,6 +39,7 @@ pub enum SessionEnd {
 
 /// The result of waiting for one input's confirms.
 struct Settled {
+    tag: u64,
     acker: Acker,
     kind: &'static str,
     publishes: usize,
@@ -42,6 +47,7 @@ struct Settled {
 }
 
 type Pending = FuturesUnordered<Pin<Box<dyn Future<Output = Settled> + Send>>>;
+type Sending = MaybeDone<Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Send>>>;
 
 const CONSUMER_TAG: &str = "chat21-engine";
 
@@ -56,11 +62,12 @@ pub async fn run_session(
     topology::declare(&consume_ch, &cfg.queue_name, &engine.topics.bindings()).await?;
     let publish_ch = conn.create_channel().await?;
     publish_ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let opts = BasicConsumeOptions::default();
     let mut consumer = consume_ch
         .basic_consume(
             cfg.queue_name.as_str().into(),
             CONSUMER_TAG.into(),
-            BasicConsumeOptions::default(),
+            opts,
             FieldTable::default(),
         )
         .await?;
@@ -70,11 +77,12 @@ pub async fn run_session(
         engine,
         publish_ch: &publish_ch,
         pending: Pending::new(),
+        acks: AckTracker::default(),
         unconfirmed: 0,
     };
     let result = session.pump(&mut consumer, &consume_ch, shutdown).await;
-    // Whatever is still pending will never be acked on this channel: the broker requeues it.
-    engine.metrics.in_flight_add(-(session.pending.len() as i64));
+    // Whatever is still unacked will never be acked on this channel: the broker requeues it.
+    engine.metrics.in_flight_add(-(session.acks.in_flight() as i64));
     result
 }
 
@@ -82,6 +90,7 @@ struct Session<'a> {
     engine: &'a Engine,
     publish_ch: &'a Channel,
     pending: Pending,
+    acks: AckTracker<Acker>,
     unconfirmed: usize,
 }
 
@@ -96,9 +105,16 @@ impl Session<'_> {
         loop {
             tokio::select! {
                 biased;
-                Some(settled) = self.pending.next() => self.finish(settled).await?,
+                Some(settled) = self.pending.next() => {
+                    self.finish(settled).await?;
+                    // Confirms arrive in batches: settle all that are ready, then ack once.
+                    while let Some(Some(settled)) = self.pending.next().now_or_never() {
+                        self.finish(settled).await?;
+                    }
+                    self.flush_acks().await?;
+                }
                 _ = shutdown.cancelled(), if !draining => {
-                    tracing::info!(in_flight = self.pending.len(), "shutting down: no new inputs, finishing in-flight ones");
+                    tracing::info!(in_flight = self.acks.in_flight(), "shutting down: no new inputs, finishing in-flight ones");
                     draining = true;
                     consume_ch.basic_cancel(CONSUMER_TAG.into(), BasicCancelOptions::default()).await?;
                 }
@@ -110,14 +126,17 @@ impl Session<'_> {
                 else => break,
             }
         }
+        self.flush_acks().await?;
         let _ = consume_ch.close(200, "shutdown".into()).await;
         let _ = self.publish_ch.close(200, "shutdown".into()).await;
         Ok(SessionEnd::Shutdown)
     }
 
-    /// Handle one delivery up to the point where its publishes are on the wire.
+    /// Handle one delivery up to the point where its publishes are handed to the writer.
     async fn start(&mut self, delivery: lapin::message::Delivery) -> Result<(), BrokerError> {
         let engine = self.engine;
+        let tag = delivery.delivery_tag;
+        self.acks.delivered(tag);
         engine.metrics.in_flight_add(1);
         let key = delivery.routing_key.as_str();
         let fresh_id = || uuid::Uuid::new_v4().to_string();
@@ -136,36 +155,37 @@ impl Session<'_> {
             Ok(plan) => plan,
             Err(reason) => {
                 // Logged once, counted, acked: the inputs behind it keep flowing.
-                tracing::warn!(
-                    routing_key = key,
-                    reason = reason.as_str(),
-                    bytes = delivery.data.len(),
-                    "input rejected"
-                );
+                let bytes = delivery.data.len();
+                tracing::warn!(routing_key = key, reason = reason.as_str(), bytes, "input rejected");
                 engine.metrics.rejected(reason);
                 engine.metrics.input(kind, Outcome::Rejected);
                 engine.metrics.in_flight_add(-1);
-                delivery.acker.ack(BasicAckOptions::default()).await?;
-                return Ok(());
+                self.acks.settled(tag, delivery.acker);
+                return self.flush_acks().await;
             }
         };
         self.make_room(plan.publishes.len()).await?;
-        let confirms = self.publish(plan).await?;
-        let publishes = confirms.len();
+        let sends = self.publish(plan).await?;
+        let publishes = sends.len();
         self.unconfirmed += publishes;
         let acker = delivery.acker;
         let metrics = engine.metrics.clone();
         self.pending.push(Box::pin(async move {
             let started = Instant::now();
             let mut all_acked = true;
-            for confirm in confirms {
-                let ok = matches!(confirm.await, Ok(Confirmation::Ack(_)));
-                all_acked &= ok;
-                if ok {
+            for mut send in sends {
+                (&mut send).await;
+                let confirmed = match Pin::new(&mut send).take_output() {
+                    Some(Ok(confirm)) => matches!(confirm.await, Ok(Confirmation::Ack(_))),
+                    _ => false,
+                };
+                all_acked &= confirmed;
+                if confirmed {
                     metrics.confirmed(started.elapsed().as_secs_f64());
                 }
             }
             Settled {
+                tag,
                 acker,
                 kind,
                 publishes,
@@ -184,29 +204,37 @@ impl Session<'_> {
                 None => break, // a single plan larger than the window still goes out
             }
         }
-        Ok(())
+        self.flush_acks().await
     }
 
-    async fn publish(&self, plan: Plan) -> lapin::Result<Vec<PublisherConfirm>> {
-        let mut confirms = Vec::with_capacity(plan.publishes.len());
+    /// Hand every publish of a plan to lapin's writer, in order, without waiting for the
+    /// writer thread: the first poll of `basic_publish` queues the frames and registers the
+    /// confirm; the rest (the write itself, then the confirm) is awaited by the settle future.
+    async fn publish(&self, plan: Plan) -> lapin::Result<Vec<Sending>> {
+        let mut sends = Vec::with_capacity(plan.publishes.len());
         for p in plan.publishes {
             let props = BasicProperties::default()
                 .with_content_type("application/json".into())
                 .with_delivery_mode(if p.persistent { 2 } else { 1 });
-            // Awaiting here only hands the frame to lapin's writer; the confirm is awaited later.
-            let confirm = self
-                .publish_ch
-                .basic_publish(
+            let ch = self.publish_ch.clone();
+            let fut: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
+                ch.basic_publish(
                     EXCHANGE.into(),
                     p.key.as_str().into(),
                     BasicPublishOptions::default(),
                     &p.body,
                     props,
                 )
-                .await?;
-            confirms.push(confirm);
+                .await
+            });
+            let mut send = maybe_done(fut);
+            let _ = futures::poll!(Pin::new(&mut send));
+            if let MaybeDone::Done(Err(e)) = &send {
+                return Err(e.clone());
+            }
+            sends.push(send);
         }
-        Ok(confirms)
+        Ok(sends)
     }
 
     async fn finish(&mut self, s: Settled) -> Result<(), BrokerError> {
@@ -214,18 +242,27 @@ impl Session<'_> {
         self.engine.metrics.in_flight_add(-1);
         if s.all_acked {
             self.engine.metrics.input(s.kind, Outcome::Processed);
-            s.acker.ack(BasicAckOptions::default()).await?;
+            self.acks.settled(s.tag, s.acker);
         } else {
             // The broker could not take a copy: try the whole input again later (copies that
             // did get through are repeated with the same message_id when the client gave one).
             tracing::warn!(kind = s.kind, "publish not confirmed; input requeued");
             self.engine.metrics.input(s.kind, Outcome::Retried);
+            self.acks.abandoned(s.tag);
             s.acker
                 .nack(BasicNackOptions {
                     requeue: true,
                     multiple: false,
                 })
                 .await?;
+        }
+        Ok(())
+    }
+
+    /// One `basic.ack multiple=true` for everything that may be acked now.
+    async fn flush_acks(&mut self) -> Result<(), BrokerError> {
+        if let Some(acker) = self.acks.take_ackable() {
+            acker.ack(BasicAckOptions { multiple: true }).await?;
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! Everything that talks AMQP: the connection supervisor (connect, reconnect forever),
 //! topology, the consume → handle → publish → confirm → ack loop.
 
+mod acks;
 mod connect;
 mod consumer;
 mod supervisor;

@@ -1,0 +1,93 @@
+//! Which deliveries may be acked, and with how few frames.
+//!
+//! Inputs settle out of order (their confirms race), but one `basic.ack multiple=true` for
+//! tag T acks every unacked delivery up to T on the channel. So we ack, in one frame, the
+//! newest settled delivery older than the oldest one still in flight: never an input whose
+//! publishes are unconfirmed, and far fewer frames than one ack per input under load.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Generic over the ack handle so the bookkeeping is unit-tested without a broker.
+pub struct AckTracker<H> {
+    in_flight: BTreeSet<u64>,
+    settled: BTreeMap<u64, H>,
+}
+
+impl<H> Default for AckTracker<H> {
+    fn default() -> Self {
+        AckTracker {
+            in_flight: BTreeSet::new(),
+            settled: BTreeMap::new(),
+        }
+    }
+}
+
+impl<H> AckTracker<H> {
+    /// A delivery arrived.
+    pub fn delivered(&mut self, tag: u64) {
+        self.in_flight.insert(tag);
+    }
+
+    /// A delivery is done (processed or rejected) and may be acked.
+    pub fn settled(&mut self, tag: u64, handle: H) {
+        self.in_flight.remove(&tag);
+        self.settled.insert(tag, handle);
+    }
+
+    /// A delivery was answered some other way (nack + requeue): forget it.
+    pub fn abandoned(&mut self, tag: u64) {
+        self.in_flight.remove(&tag);
+    }
+
+    /// The handle to ack with `multiple=true`, if any: the newest settled delivery older than
+    /// every delivery still in flight. Everything it covers is forgotten.
+    pub fn take_ackable(&mut self) -> Option<H> {
+        let limit = self.in_flight.first().copied().unwrap_or(u64::MAX);
+        let (&tag, _) = self.settled.range(..limit).next_back()?;
+        let newer = self.settled.split_off(&(tag + 1));
+        let handle = self.settled.remove(&tag);
+        self.settled = newer;
+        handle
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_only_below_the_oldest_in_flight() {
+        let mut t = AckTracker::default();
+        for tag in 1..=5 {
+            t.delivered(tag);
+        }
+        t.settled(2, "h2");
+        t.settled(3, "h3");
+        assert_eq!(t.take_ackable(), None, "1 is still in flight");
+        t.settled(1, "h1");
+        assert_eq!(t.take_ackable(), Some("h3"), "one frame for 1..=3");
+        assert_eq!(t.take_ackable(), None);
+        t.settled(5, "h5");
+        assert_eq!(t.take_ackable(), None, "4 is still in flight");
+        t.abandoned(4);
+        assert_eq!(t.take_ackable(), Some("h5"));
+        assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn everything_settled_is_acked_in_one_frame() {
+        let mut t = AckTracker::default();
+        for tag in 1..=100 {
+            t.delivered(tag);
+        }
+        for tag in (1..=100).rev() {
+            t.settled(tag, tag);
+        }
+        assert_eq!(t.take_ackable(), Some(100));
+        assert_eq!(t.take_ackable(), None);
+    }
+}
