@@ -7,6 +7,7 @@
 #   scripts/rabbitmq-private.sh start DIR   # prints the node's settings as KEY=VALUE lines
 #   scripts/rabbitmq-private.sh stop DIR
 #   scripts/rabbitmq-private.sh restart DIR # same ports and data: a broker restart
+#   scripts/rabbitmq-private.sh halt|resume DIR  # the two halves of restart
 #
 # start reads (all optional): JWT_SECRET (default: a random one, printed), JWT_KID
 # (tiledesk-key), AMQP_PORT, MQTT_PORT, WS_PORT, DIST_PORT, EPMD_PORT (default: free ports),
@@ -100,7 +101,7 @@ stop_node() {
 
 cmd="${1:-}"
 dir="${2:-}"
-[[ -n "$cmd" && -n "$dir" ]] || { echo "usage: $0 start|stop|restart DIR" >&2; exit 2; }
+[[ -n "$cmd" && -n "$dir" ]] || { echo "usage: $0 start|stop|restart|halt|resume DIR" >&2; exit 2; }
 mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
 
@@ -154,6 +155,13 @@ OUT
     stop_node
     launch
     ;;
+  halt)
+    # Stop the node but keep its ports, data and settings for `resume`.
+    stop_node
+    ;;
+  resume)
+    launch
+    ;;
   stop)
     [[ -f "$dir/node.env" ]] || exit 0
     stop_node
@@ -161,7 +169,7 @@ OUT
     rm -f "$dir/node.env"
     ;;
   *)
-    echo "usage: $0 start|stop|restart DIR" >&2
+    echo "usage: $0 start|stop|restart|halt|resume DIR" >&2
     exit 2
     ;;
 esac

@@ -27,8 +27,8 @@ pub const VARIABLES: &[Variable] = &[
     Variable { name: "TOPIC_LAYOUT", default: "chat21", help: "chat21 (full protocol) or seed (PATH_PREFIX/{sender}/{recipient}/messages/outgoing only)" },
     Variable { name: "PATH_PREFIX", default: "/apps/tilechat/users", help: "MQTT topic prefix of the seed layout (a leading / is a leading empty word)" },
     Variable { name: "QUEUE_NAME", default: "chat21.engine", help: "Durable queue the engine consumes (shared by all engine replicas)" },
-    Variable { name: "PREFETCH_MESSAGES", default: "256", help: "Unacked inputs in flight (bounds memory and the publish-confirm window)" },
-    Variable { name: "PUBLISH_WINDOW", default: "1024", help: "Most publishes awaiting a broker confirm at once (older inputs settle first)" },
+    Variable { name: "PREFETCH_MESSAGES", default: "1024", help: "Unacked inputs in flight (bounds memory and the publish-confirm window)" },
+    Variable { name: "PUBLISH_WINDOW", default: "4096", help: "Most publishes awaiting a broker confirm at once (older inputs settle first)" },
     Variable { name: "HTTP_PORT", default: "8004", help: "Port of /healthz, /readyz, /metrics (0 = disabled)" },
     Variable { name: "HTTP_HOST", default: "0.0.0.0", help: "Address the HTTP server binds" },
     Variable { name: "LOG_LEVEL", default: "info", help: "error, warn, info, debug, trace, or a tracing filter (e.g. info,lapin=warn)" },
@@ -114,10 +114,10 @@ fn d_queue() -> String {
     "chat21.engine".into()
 }
 fn d_prefetch() -> u16 {
-    256
+    1024
 }
 fn d_window() -> u32 {
-    1024
+    4096
 }
 fn d_http_port() -> u16 {
     8004

@@ -44,13 +44,28 @@ async fn broker_restart_mid_stream_loses_no_acknowledged_message() {
     let key = engine.topics().outgoing(&s, &r);
 
     let acked_count = Arc::new(AtomicUsize::new(0));
+    assert_eq!(http_get(engine.http_port, "/healthz").await.unwrap().0, 200);
     let restarter = {
         let acked_count = acked_count.clone();
+        let http_port = engine.http_port;
         tokio::spawn(async move {
             while acked_count.load(Ordering::Relaxed) < N / 3 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            tokio::task::spawn_blocking(|| broker().restart()).await.unwrap();
+            tokio::task::spawn_blocking(|| broker().halt()).await.unwrap();
+            // While the broker is down the engine is alive but not ready.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut readyz = 0;
+            while Instant::now() < deadline {
+                readyz = http_get(http_port, "/readyz").await.unwrap().0;
+                if readyz == 503 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(http_get(http_port, "/healthz").await.unwrap().0, 200);
+            tokio::task::spawn_blocking(|| broker().resume()).await.unwrap();
+            readyz
         })
     };
 
@@ -62,7 +77,7 @@ async fn broker_restart_mid_stream_loses_no_acknowledged_message() {
             acked_count.fetch_add(1, Ordering::Relaxed);
         }
     }
-    restarter.await.unwrap();
+    assert_eq!(restarter.await.unwrap(), 503, "/readyz while the broker was down");
     assert!(acked.len() > N / 2, "too few acknowledged publishes: {}", acked.len());
 
     // The engine reconnected by itself.

@@ -31,7 +31,7 @@ use chat21_engine::topic::Topics;
 #[command(about = "chat21-engine vs minimal relay: throughput, latency, CPU, memory")]
 struct Args {
     /// Rounds (each runs both subjects, order alternating).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Messages in the burst.
     #[arg(long, default_value_t = 20_000)]
@@ -46,8 +46,8 @@ struct Args {
     /// Duration of the latency phase.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
-    /// PREFETCH_MESSAGES for both subjects.
-    #[arg(long, default_value_t = 256)]
+    /// PREFETCH_MESSAGES for both subjects (default: the engine's default).
+    #[arg(long, default_value_t = 1024)]
     prefetch: u16,
     /// Use an already running broker (AMQP URI with admin rights) instead of a private node.
     #[arg(long)]

@@ -78,30 +78,24 @@ impl Broker {
         }
     }
 
-    /// Stop and start the node again: same ports, same data (durable queues survive).
-    pub fn restart(&self) {
+    /// Stop the node, keeping its ports and data (durable queues survive).
+    pub fn halt(&self) {
+        self.script("halt");
+    }
+
+    /// Start a halted node again.
+    pub fn resume(&self) {
+        self.script("resume");
+    }
+
+    fn script(&self, cmd: &str) {
         let st = Command::new("bash")
             .arg(script())
-            .arg("restart")
+            .arg(cmd)
             .arg(&self.dir)
             .status()
             .unwrap();
-        assert!(st.success(), "broker restart failed");
-    }
-
-    pub fn stop_node(&self) -> Duration {
-        let t = Instant::now();
-        // `restart` = stop + start; split in two for tests that need the gap.
-        let st = Command::new("bash")
-            .arg("-c")
-            .arg(format!(
-                ". '{0}/node.env'; HOME='{0}/home' ERL_EPMD_PORT=$EPMD_PORT /usr/lib/rabbitmq/bin/rabbitmqctl -n \"$NODE\" -q stop",
-                self.dir.display()
-            ))
-            .status()
-            .unwrap();
-        assert!(st.success(), "broker stop failed");
-        t.elapsed()
+        assert!(st.success(), "rabbitmq-private.sh {cmd} failed");
     }
 
     pub fn minter(&self) -> Minter {

@@ -269,14 +269,19 @@ async fn engine_logs_in_with_a_service_token() {
     let port = b.amqp_port.to_string();
     let engine = EngineProc::start(
         b,
-        &[("RABBITMQ_URI", ""), ("RABBITMQ_HOST", "127.0.0.1"), ("RABBITMQ_PORT", port.as_str())],
+        &[
+            ("RABBITMQ_URI", ""),
+            ("RABBITMQ_HOST", "127.0.0.1"),
+            ("RABBITMQ_PORT", port.as_str()),
+        ],
     )
     .await;
     let (u1, u2) = (fresh("u"), fresh("u"));
     let c1 = Mqtt::connect(b, &engine.app, &u1, Via::Tcp).await;
     let mut c2 = Mqtt::connect(b, &engine.app, &u2, Via::Tcp).await;
     c2.subscribe_inbox().await;
-    c1.publish(&engine.topics().outgoing(&u1, &u2), br#"{"text":"via service token"}"#).await;
+    c1.publish(&engine.topics().outgoing(&u1, &u2), br#"{"text":"via service token"}"#)
+        .await;
     let got = c2.messages(1, WAIT).await;
     assert_eq!(got.len(), 1, "engine log:\n{}", engine.log_text());
     assert_eq!(got[0].1["text"], "via service token");

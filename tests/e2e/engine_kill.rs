@@ -74,7 +74,7 @@ async fn wait_for_some(tap_count: &Tap, at_least: usize) -> usize {
 #[tokio::test]
 async fn sigkill_mid_stream_loses_nothing() {
     let b = broker();
-    let mut engine = EngineProc::start(b, &[]).await;
+    let mut engine = EngineProc::start(b, &[("PREFETCH_MESSAGES", "256")]).await;
     let (s, r) = (fresh("s"), fresh("r"));
     let tap = Tap::new(b, &format!("apps.{}.users.{r}.messages.*.clientadded", engine.app)).await;
     let sender = stream(b, &engine, &s, &r).await;
