@@ -183,22 +183,7 @@ async fn run_round(
     let topics = Topics::chat21(&app);
     let ch = conn.create_channel().await?;
     // The subject's queue and bindings exist before it starts, so the burst waits in it.
-    ch.queue_declare(
-        queue.as_str().into(),
-        QueueDeclareOptions::durable(),
-        FieldTable::default(),
-    )
-    .await?;
-    for b in topics.bindings() {
-        ch.queue_bind(
-            queue.as_str().into(),
-            "amq.topic".into(),
-            b.as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    }
+    chat21_engine::broker::topology::declare(&ch, &queue, &topics.bindings()).await?;
     let epoch = Instant::now();
     let sink = Sink::start(conn, &app, args.recipients, epoch).await?;
 

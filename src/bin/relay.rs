@@ -6,8 +6,8 @@
 
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
+use lapin::options::ConfirmSelectOptions;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions};
-use lapin::options::{ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
 
@@ -27,24 +27,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let conn = Connection::connect(&uri, ConnectionProperties::default()).await?;
     let consume = conn.create_channel().await?;
     consume.basic_qos(prefetch, BasicQosOptions::default()).await?;
-    consume
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        )
-        .await?;
-    for b in topics.bindings() {
-        consume
-            .queue_bind(
-                queue.as_str().into(),
-                "amq.topic".into(),
-                b.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-    }
+    chat21_engine::broker::topology::declare(&consume, &queue, &topics.bindings()).await?;
     let publish = conn.create_channel().await?;
     publish.confirm_select(ConfirmSelectOptions::default()).await?;
     let mut consumer = consume

@@ -5,7 +5,7 @@ mod acks;
 mod connect;
 mod consumer;
 mod supervisor;
-mod topology;
+pub mod topology;
 
 pub use connect::connect;
 pub use supervisor::supervise;
