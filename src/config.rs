@@ -28,6 +28,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable { name: "PATH_PREFIX", default: "/apps/tilechat/users", help: "MQTT topic prefix of the seed layout (a leading / is a leading empty word)" },
     Variable { name: "QUEUE_NAME", default: "chat21.engine", help: "Durable queue the engine consumes (shared by all engine replicas)" },
     Variable { name: "PREFETCH_MESSAGES", default: "1024", help: "Unacked inputs in flight (bounds memory and the publish-confirm window)" },
+    Variable { name: "DATABASE_URL", default: "sqlite://./data/chat21.db", help: "Store: sqlite://PATH (embedded, created on first run), postgres://USER:PASS@HOST/DB, or off" },
     Variable { name: "PUBLISH_WINDOW", default: "4096", help: "Most publishes awaiting a broker confirm at once (older inputs settle first)" },
     Variable { name: "HTTP_PORT", default: "8004", help: "Port of /healthz, /readyz, /metrics (0 = disabled)" },
     Variable { name: "HTTP_HOST", default: "0.0.0.0", help: "Address the HTTP server binds" },
@@ -74,6 +75,8 @@ struct Raw {
     queue_name: String,
     #[serde(default = "d_prefetch")]
     prefetch_messages: u16,
+    #[serde(default = "d_database")]
+    database_url: String,
     #[serde(default = "d_window")]
     publish_window: u32,
     #[serde(default = "d_http_port")]
@@ -115,6 +118,9 @@ fn d_queue() -> String {
 }
 fn d_prefetch() -> u16 {
     1024
+}
+fn d_database() -> String {
+    "sqlite://./data/chat21.db".into()
 }
 fn d_window() -> u32 {
     4096
@@ -169,6 +175,8 @@ pub struct Config {
     pub queue_name: String,
     pub prefetch: u16,
     pub publish_window: usize,
+    /// None = persistence off.
+    pub store: Option<crate::store::Backend>,
     pub http_port: u16,
     pub http_host: String,
     pub log_level: String,
@@ -278,6 +286,7 @@ impl Config {
         if raw.prefetch_messages == 0 {
             return Err(bad("PREFETCH_MESSAGES must be 1..65535"));
         }
+        let store = crate::store::Backend::parse(&raw.database_url).map_err(|e| bad(e.to_string()))?;
         if raw.publish_window == 0 {
             return Err(bad("PUBLISH_WINDOW must be at least 1"));
         }
@@ -303,6 +312,7 @@ impl Config {
             queue_name: raw.queue_name,
             prefetch: raw.prefetch_messages,
             publish_window: raw.publish_window as usize,
+            store,
             http_port: raw.http_port,
             http_host: raw.http_host,
             log_level: raw.log_level,

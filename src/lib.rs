@@ -13,6 +13,8 @@ pub mod jwt;
 pub mod message;
 pub mod metrics;
 pub mod plan;
+pub mod policy;
+pub mod store;
 pub mod telemetry;
 pub mod topic;
 
@@ -27,17 +29,48 @@ use topic::Topics;
 pub struct Engine {
     pub config: Config,
     pub topics: Topics,
+    pub chain: policy::Chain,
     pub metrics: Arc<Metrics>,
 }
 
 impl Engine {
     pub fn new(config: Config) -> Result<Arc<Self>, config::ConfigError> {
         let topics = Topics::from_config(&config).map_err(config::ConfigError)?;
+        let chain = policy::Chain::new(config.store.is_some());
         Ok(Arc::new(Engine {
             config,
             topics,
+            chain,
             metrics: Metrics::new(),
         }))
+    }
+}
+
+/// Open the store, retrying with backoff until it answers (or shutdown): the engine does
+/// not consume before it can commit what it consumes.
+async fn open_store(engine: &Engine, shutdown: &CancellationToken) -> Option<store::Store> {
+    use backon::BackoffBuilder;
+    let backend = engine.config.store.as_ref()?;
+    let mut delays = backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(200))
+        .with_max_delay(std::time::Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    engine.metrics.set_store_ok(false);
+    loop {
+        match store::Store::open(backend).await {
+            Ok(s) => {
+                tracing::info!(backend = s.backend(), "store ready");
+                engine.metrics.set_store_ok(true);
+                return Some(s);
+            }
+            Err(e) => tracing::warn!(error = %e, "store not available; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delays.next().unwrap_or(std::time::Duration::from_secs(10))) => {}
+            _ = shutdown.cancelled() => return None,
+        }
     }
 }
 
@@ -53,7 +86,19 @@ pub async fn run(engine: Arc<Engine>, shutdown: CancellationToken) -> anyhow::Re
     } else {
         None
     };
-    broker::supervise(engine.clone(), shutdown.clone()).await;
+    let store = open_store(&engine, &shutdown).await;
+    if engine.config.store.is_some() && store.is_none() {
+        // Shut down before the store ever answered.
+        shutdown.cancel();
+    } else {
+        let writer = store
+            .clone()
+            .map(|s| store::writer::Writer::spawn(s, engine.metrics.clone(), engine.config.prefetch as usize));
+        broker::supervise(engine.clone(), writer, shutdown.clone()).await;
+    }
+    if let Some(s) = store {
+        s.close().await;
+    }
     shutdown.cancel();
     if let Some(h) = http {
         let _ = h.await;

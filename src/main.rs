@@ -27,6 +27,8 @@ enum Command {
     },
     /// Validate the configuration and exit (0 = valid, 2 = invalid).
     CheckConfig,
+    /// Apply the store's schema migrations (also done at every start) and exit.
+    Migrate,
 }
 
 fn main() -> ExitCode {
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Serve => serve(config),
+        Command::Migrate => migrate(config),
     }
 }
 
@@ -92,6 +95,31 @@ fn serve(config: Config) -> ExitCode {
             }
         }
     })
+}
+
+fn migrate(config: Config) -> ExitCode {
+    let Some(backend) = config.store.clone() else {
+        eprintln!("chat21-engine: DATABASE_URL=off: nothing to migrate");
+        return ExitCode::from(2);
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let result = runtime.map_err(|e| e.to_string()).and_then(|rt| {
+        rt.block_on(async {
+            chat21_engine::store::Store::open(&backend)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    });
+    match result {
+        Ok(store) => {
+            println!("migrations applied ({})", store.backend());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("chat21-engine: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn wait_for_signal(shutdown: CancellationToken) {

@@ -53,7 +53,11 @@ pub struct Metrics {
     in_flight: Gauge,
     reconnects: Counter,
     publishes: Counter,
+    commits: Counter,
+    commit_latency: Histogram,
+    store_up: Gauge,
     broker_connected: AtomicBool,
+    store_ok: AtomicBool,
 }
 
 impl Metrics {
@@ -66,6 +70,24 @@ impl Metrics {
         let in_flight = Gauge::default();
         let reconnects = Counter::default();
         let publishes = Counter::default();
+        let commits = Counter::default();
+        let commit_latency = Histogram::new(exponential_buckets(0.000_1, 2.0, 16));
+        let store_up = Gauge::default();
+        registry.register(
+            "store_commits",
+            "Store transactions committed (each holds many inputs)",
+            commits.clone(),
+        );
+        registry.register(
+            "store_commit_seconds",
+            "Time to apply and commit one batch",
+            commit_latency.clone(),
+        );
+        registry.register(
+            "store_up",
+            "1 when the last store write succeeded (or no store)",
+            store_up.clone(),
+        );
         registry.register("inputs", "Inputs consumed, by kind and outcome", inputs.clone());
         registry.register("rejections", "Rejected inputs, by reason", rejections.clone());
         registry.register(
@@ -96,7 +118,11 @@ impl Metrics {
             in_flight,
             reconnects,
             publishes,
+            commits,
+            commit_latency,
+            store_up,
             broker_connected: AtomicBool::new(false),
+            store_ok: AtomicBool::new(true),
         })
     }
 
@@ -136,6 +162,26 @@ impl Metrics {
 
     pub fn broker_connected(&self) -> bool {
         self.broker_connected.load(Ordering::Relaxed)
+    }
+
+    /// A batch holding `inputs` inputs' writes committed in `seconds`.
+    pub fn committed(&self, _inputs: usize, seconds: f64) {
+        self.commits.inc();
+        self.commit_latency.observe(seconds);
+    }
+
+    pub fn set_store_ok(&self, ok: bool) {
+        self.store_ok.store(ok, Ordering::Relaxed);
+        self.store_up.set(ok as i64);
+    }
+
+    pub fn store_ok(&self) -> bool {
+        self.store_ok.load(Ordering::Relaxed)
+    }
+
+    /// Ready = consuming from the broker and able to commit writes.
+    pub fn ready(&self) -> bool {
+        self.broker_connected() && self.store_ok()
     }
 
     /// Prometheus text exposition.

@@ -1,5 +1,8 @@
 //! What a handler decides, before any I/O: the effects of one input.
 
+use serde_json::{Map, Value};
+use std::sync::Arc;
+
 /// One message to publish on `amq.topic`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Publish {
@@ -8,12 +11,37 @@ pub struct Publish {
     /// delivery_mode 2 (survives a broker restart in durable queues). Everything is
     /// persistent except typing notifications (PROTOCOL §12).
     pub persistent: bool,
+    /// Set when this publish is a message copy landing in a timeline: what the persistence
+    /// hook writes for it (and what later stages — block list, filters — look at).
+    pub copy: Option<TimelineCopy>,
+}
+
+/// A message copy in `timeline_of`'s conversation with `convers_with`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimelineCopy {
+    pub timeline_of: String,
+    pub convers_with: String,
+    /// The conversation is new/unread for this timeline (true for the recipient).
+    pub is_new: bool,
+    /// The message as published (status included).
+    pub message: Arc<Map<String, Value>>,
+}
+
+/// A store write (PROTOCOL §11). Every write is an idempotent upsert.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// The message in one timeline; a second write of the same (timeline, message_id) is a no-op.
+    Message(TimelineCopy),
+    /// The conversation's last message; an older message never replaces a newer one, and a
+    /// new message un-archives the conversation.
+    Conversation(TimelineCopy),
 }
 
 /// The effects of one input, in the order they must be published.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
     pub publishes: Vec<Publish>,
+    pub writes: Vec<Write>,
 }
 
 /// Facts a handler needs from the outside world, passed in so handlers stay pure.

@@ -49,6 +49,10 @@ struct Args {
     /// PREFETCH_MESSAGES for both subjects (default: the engine's default).
     #[arg(long, default_value_t = 1024)]
     prefetch: u16,
+    /// Engine persistence: `off`, `sqlite` (a fresh file per round in the temp dir), or a
+    /// postgres:// URL.
+    #[arg(long, default_value = "off")]
+    store: String,
     /// Use an already running broker (AMQP URI with admin rights) instead of a private node.
     #[arg(long)]
     amqp_uri: Option<String>,
@@ -100,8 +104,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     eprintln!(
-        "bench: {} rounds; burst {} msgs from {} senders to {} recipients; latency {} msg/s for {} s; prefetch {}",
-        args.rounds, args.messages, args.senders, args.recipients, args.rate, args.seconds, args.prefetch
+        "bench: {} rounds; burst {} msgs from {} senders to {} recipients; latency {} msg/s for {} s; prefetch {}; engine store {}",
+        args.rounds, args.messages, args.senders, args.recipients, args.rate, args.seconds, args.prefetch, args.store
     );
     let conn = Connection::connect(&uri, Default::default()).await?;
     let mut results: HashMap<Subject, Vec<RoundResult>> = HashMap::new();
@@ -189,7 +193,12 @@ async fn run_round(
 
     // Burst: queue N messages, then start the subject and time the drain.
     publish_burst(&ch, &topics, args, epoch).await?;
-    let mut child = spawn_subject(bin_dir, subject, uri, &app, &queue, args.prefetch)?;
+    // The relay has no store; the engine gets the configured one (a fresh database per round).
+    let store = match args.store.as_str() {
+        "sqlite" => format!("sqlite://{}/bench-{app}.db", std::env::temp_dir().display()),
+        other => other.to_string(),
+    };
+    let mut child = spawn_subject(bin_dir, subject, uri, &app, &queue, args.prefetch, &store)?;
     let pid = child.id();
     let cpu0 = cpu_seconds(pid);
     let (first, last) = sink.wait_for(args.messages as u64, Duration::from_secs(300)).await?;
@@ -206,6 +215,11 @@ async fn run_round(
 
     let _ = child.kill();
     let _ = child.wait();
+    if let Some(path) = store.strip_prefix("sqlite://") {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{path}{suffix}"));
+        }
+    }
     let _ = ch
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await;
@@ -406,6 +420,7 @@ fn spawn_subject(
     app: &str,
     queue: &str,
     prefetch: u16,
+    store: &str,
 ) -> std::io::Result<Child> {
     let bin = bin_dir.join(match subject {
         Subject::Engine => "chat21-engine",
@@ -418,6 +433,7 @@ fn spawn_subject(
         .env("QUEUE_NAME", queue)
         .env("PREFETCH_MESSAGES", prefetch.to_string())
         .env("HTTP_PORT", "0")
+        .env("DATABASE_URL", store)
         .env("LOG_LEVEL", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -31,6 +31,7 @@ use super::acks::AckTracker;
 use super::{topology, BrokerError, EXCHANGE};
 use crate::metrics::Outcome;
 use crate::plan::{Context, Plan};
+use crate::store::writer::Writer;
 use crate::Engine;
 
 pub enum SessionEnd {
@@ -51,8 +52,12 @@ type Sending = MaybeDone<Pin<Box<dyn Future<Output = lapin::Result<PublisherConf
 
 const CONSUMER_TAG: &str = "chat21-engine";
 
+/// How long shutdown waits for in-flight inputs to settle.
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 pub async fn run_session(
     engine: &Engine,
+    writer: Option<&Writer>,
     conn: &Connection,
     shutdown: &CancellationToken,
 ) -> Result<SessionEnd, BrokerError> {
@@ -75,6 +80,7 @@ pub async fn run_session(
 
     let mut session = Session {
         engine,
+        writer,
         publish_ch: &publish_ch,
         pending: Pending::new(),
         acks: AckTracker::default(),
@@ -88,6 +94,7 @@ pub async fn run_session(
 
 struct Session<'a> {
     engine: &'a Engine,
+    writer: Option<&'a Writer>,
     publish_ch: &'a Channel,
     pending: Pending,
     acks: AckTracker<Acker>,
@@ -102,9 +109,20 @@ impl Session<'_> {
         shutdown: &CancellationToken,
     ) -> Result<SessionEnd, BrokerError> {
         let mut draining = false;
+        // A stuck store or broker must not hold shutdown forever: after this, whatever is
+        // still unacked is left to the broker, which redelivers it to the next engine.
+        let drain_deadline = tokio::time::sleep(DRAIN_LIMIT);
+        tokio::pin!(drain_deadline);
         loop {
+            if draining && self.pending.is_empty() {
+                break;
+            }
             tokio::select! {
                 biased;
+                _ = &mut drain_deadline, if draining => {
+                    tracing::warn!(in_flight = self.acks.in_flight(), "in-flight inputs not settled in time; leaving them to the broker");
+                    break;
+                }
                 Some(settled) = self.pending.next() => {
                     self.finish(settled).await?;
                     // Confirms arrive in batches: settle all that are ready, then ack once.
@@ -116,6 +134,7 @@ impl Session<'_> {
                 _ = shutdown.cancelled(), if !draining => {
                     tracing::info!(in_flight = self.acks.in_flight(), "shutting down: no new inputs, finishing in-flight ones");
                     draining = true;
+                    drain_deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_LIMIT);
                     consume_ch.basic_cancel(CONSUMER_TAG.into(), BasicCancelOptions::default()).await?;
                 }
                 next = consumer.next(), if !draining => match next {
@@ -145,13 +164,15 @@ impl Session<'_> {
             fresh_id: &fresh_id,
         };
         let (kind, planned) = match engine.topics.parse(key) {
-            Ok(inbound) => (
-                inbound.kind(),
-                crate::handlers::handle(&engine.topics, &inbound, &delivery.data, &ctx),
-            ),
+            Ok(inbound) => {
+                // Handler (pure plan), then the policy chain (validate … persistence hook).
+                let planned = crate::handlers::handle(&engine.topics, &inbound, &delivery.data, &ctx)
+                    .and_then(|plan| engine.chain.run(&inbound, plan));
+                (inbound.kind(), planned)
+            }
             Err(reason) => ("unknown", Err(reason)),
         };
-        let plan = match planned {
+        let mut plan = match planned {
             Ok(plan) => plan,
             Err(reason) => {
                 // Logged once, counted, acked: the inputs behind it keep flowing.
@@ -165,7 +186,13 @@ impl Session<'_> {
             }
         };
         self.make_room(plan.publishes.len()).await?;
+        let writes = std::mem::take(&mut plan.writes);
         let sends = self.publish(plan).await?;
+        // Writes go to the group-commit writer while the confirms are on their way.
+        let committed = match (self.writer, writes.is_empty()) {
+            (Some(writer), false) => Some(writer.submit(writes).await),
+            _ => None,
+        };
         let publishes = sends.len();
         self.unconfirmed += publishes;
         let acker = delivery.acker;
@@ -183,6 +210,11 @@ impl Session<'_> {
                 if confirmed {
                     metrics.confirmed(started.elapsed().as_secs_f64());
                 }
+            }
+            if let Some(committed) = committed {
+                // Acked only after the writes are committed (§12); a closed writer means
+                // shutdown: leave the input unacked for the next engine.
+                all_acked &= committed.await.is_ok();
             }
             Settled {
                 tag,

@@ -4,7 +4,7 @@
 use serde_json::{Map, Value};
 
 use crate::message::{is_valid_id, status, RejectReason};
-use crate::plan::{Context, Plan, Publish};
+use crate::plan::{Context, Plan, Publish, TimelineCopy};
 use crate::topic::Topics;
 
 /// §3: a group message is one with `channel_type == "group"`, or with no `channel_type` and
@@ -35,24 +35,28 @@ pub(super) fn send(
 
     stamp(&mut msg, app, sender, recipient, ctx);
     msg.insert("status".into(), status::SENT.into());
-    let sender_copy = to_vec(&msg);
+    let sender_copy = copy(sender_key, sender, recipient, false, msg.clone());
     msg.insert("status".into(), status::DELIVERED.into());
-    let recipient_copy = to_vec(&msg);
+    let recipient_copy = copy(recipient_key, recipient, sender, true, msg);
 
     Ok(Plan {
-        publishes: vec![
-            Publish {
-                key: sender_key,
-                body: sender_copy,
-                persistent: true,
-            },
-            Publish {
-                key: recipient_key,
-                body: recipient_copy,
-                persistent: true,
-            },
-        ],
+        publishes: vec![sender_copy, recipient_copy],
+        writes: Vec::new(),
     })
+}
+
+fn copy(key: String, timeline_of: &str, convers_with: &str, is_new: bool, msg: Map<String, Value>) -> Publish {
+    Publish {
+        key,
+        body: to_vec(&msg),
+        persistent: true,
+        copy: Some(TimelineCopy {
+            timeline_of: timeline_of.to_owned(),
+            convers_with: convers_with.to_owned(),
+            is_new,
+            message: std::sync::Arc::new(msg),
+        }),
+    }
 }
 
 /// The fields the engine owns (§3), overwriting what the client sent.

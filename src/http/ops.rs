@@ -1,4 +1,5 @@
-//! `/healthz` (the process is alive), `/readyz` (connected to the broker), `/metrics`.
+//! `/healthz` (the process is alive), `/readyz` (consuming from the broker and the store
+//! accepting writes), `/metrics`.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -18,10 +19,10 @@ pub fn router(engine: Arc<Engine>) -> Router {
 }
 
 async fn readyz(State(engine): State<Arc<Engine>>) -> impl IntoResponse {
-    if engine.metrics.broker_connected() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "broker not connected\n")
+    match (engine.metrics.broker_connected(), engine.metrics.store_ok()) {
+        (true, true) => (StatusCode::OK, "ready\n"),
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "broker not connected\n"),
+        (true, false) => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n"),
     }
 }
 

@@ -107,6 +107,28 @@ impl Broker {
     }
 }
 
+/// A fresh PostgreSQL schema in the machine's database `test`; returns a DATABASE_URL whose
+/// connections use it (tests never see each other's tables).
+pub async fn fresh_pg_schema() -> String {
+    let base = std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = fresh("t");
+    let pool = sqlx::PgPool::connect(&base)
+        .await
+        .expect("the machine's PostgreSQL (database test)");
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    format!("{base}?options[search_path]={schema}")
+}
+
+/// Open the engine's store from the test (SQLite in WAL mode allows a second reader).
+pub async fn open_store(url: &str) -> chat21_engine::store::Store {
+    let backend = chat21_engine::store::Backend::parse(url).unwrap().expect("a store");
+    chat21_engine::store::Store::open(&backend).await.unwrap()
+}
+
 /// A fresh id for apps and users: tests never share ids.
 pub fn fresh(prefix: &str) -> String {
     format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
@@ -123,6 +145,7 @@ pub fn free_port() -> u16 {
 /// The engine binary running as a child process against a broker.
 pub struct EngineProc {
     pub child: Child,
+    pub database_url: String,
     pub http_port: u16,
     pub app: String,
     pub queue: String,
@@ -144,6 +167,11 @@ impl EngineProc {
             ("LOG_LEVEL".into(), "info".into()),
             ("HTTP_PORT".into(), free_port().to_string()),
             ("HTTP_HOST".into(), "127.0.0.1".into()),
+            // Each engine its own SQLite file: never ./data of the working tree.
+            (
+                "DATABASE_URL".into(),
+                format!("sqlite://{}/{}.db", broker.dir.display(), fresh("store")),
+            ),
         ];
         for (k, v) in extra {
             env.retain(|(ek, _)| ek != k);
@@ -153,8 +181,10 @@ impl EngineProc {
         let queue = env.iter().find(|(k, _)| k == "QUEUE_NAME").unwrap().1.clone();
         let log = broker.dir.join(format!("engine-{}.log", fresh("")));
         let http_port = env.iter().find(|(k, _)| k == "HTTP_PORT").unwrap().1.parse().unwrap();
+        let database_url = env.iter().find(|(k, _)| k == "DATABASE_URL").unwrap().1.clone();
         let e = EngineProc {
             child: spawn(&env, &log),
+            database_url,
             http_port,
             app,
             queue,

@@ -114,7 +114,8 @@ async fn sigterm_finishes_in_flight_and_exits_0() {
         }
         assert!(
             t.elapsed() < Duration::from_secs(10),
-            "engine did not exit after SIGTERM"
+            "engine did not exit after SIGTERM; log:\n{}",
+            engine.log_text()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };

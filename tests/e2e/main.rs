@@ -7,4 +7,5 @@ mod common;
 mod cli;
 mod direct;
 mod engine_kill;
+mod persistence;
 mod security;

@@ -1,0 +1,81 @@
+//! Persistence hook (§11): every message copy that will be published lands in its timeline,
+//! and in its conversation unless the message says `attributes.updateconversation: false`.
+//! Runs last, so copies removed by earlier stages (block list) are not persisted either.
+
+use serde_json::Value;
+
+use super::{Stage, Verdict};
+use crate::plan::{Plan, Write};
+use crate::topic::Inbound;
+
+pub struct PersistenceHook;
+
+impl Stage for PersistenceHook {
+    fn apply(&self, _input: &Inbound, mut plan: Plan) -> Verdict {
+        for copy in plan.publishes.iter().filter_map(|p| p.copy.as_ref()) {
+            plan.writes.push(Write::Message(copy.clone()));
+            let keep_conversation =
+                copy.message.get("attributes").and_then(|a| a.get("updateconversation")) != Some(&Value::Bool(false));
+            if keep_conversation {
+                plan.writes.push(Write::Conversation(copy.clone()));
+            }
+        }
+        Verdict::Pass(plan)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Context;
+    use crate::topic::Topics;
+
+    fn plan(body: &str) -> (Inbound, Plan) {
+        let t = Topics::chat21("app");
+        let input = t.parse(&t.outgoing("A", "B")).unwrap();
+        let ctx = Context {
+            now_ms: 1,
+            fresh_id: &|| "id".into(),
+        };
+        let plan = crate::handlers::handle(&t, &input, body.as_bytes(), &ctx).unwrap();
+        (input, plan)
+    }
+
+    #[test]
+    fn both_timelines_and_conversations() {
+        let (input, p) = plan(r#"{"text":"hi"}"#);
+        let Verdict::Pass(p) = PersistenceHook.apply(&input, p) else {
+            panic!()
+        };
+        assert_eq!(p.writes.len(), 4);
+        let convs: Vec<_> = p
+            .writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Conversation(c) => Some((c.timeline_of.as_str(), c.is_new)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(convs, vec![("A", false), ("B", true)]);
+    }
+
+    #[test]
+    fn updateconversation_false_leaves_conversations_alone() {
+        let (input, p) = plan(r#"{"text":"hi","attributes":{"updateconversation":false}}"#);
+        let Verdict::Pass(p) = PersistenceHook.apply(&input, p) else {
+            panic!()
+        };
+        assert!(p.writes.iter().all(|w| matches!(w, Write::Message(_))));
+        assert_eq!(p.writes.len(), 2);
+    }
+
+    #[test]
+    fn chain_order_validate_then_persist() {
+        let (input, mut p) = plan(r#"{"text":"hi"}"#);
+        p.publishes[0].key = "k".repeat(300);
+        assert_eq!(
+            super::super::Chain::new(true).run(&input, p),
+            Err(crate::message::RejectReason::KeyTooLong)
+        );
+    }
+}

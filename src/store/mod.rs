@@ -1,0 +1,367 @@
+//! Persistence (PROTOCOL §11): SQLite (embedded, the default) or PostgreSQL, chosen by
+//! `DATABASE_URL`, through sqlx's `Any` driver: one set of portable SQL for both.
+//!
+//! Writes come from the policy chain's persistence hook as idempotent upserts, and are
+//! applied in batches by the group-commit [`writer`]: inputs are acked only after the
+//! transaction holding their writes committed.
+
+pub mod writer;
+
+use serde_json::{Map, Value};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+use std::time::Duration;
+
+use crate::plan::{TimelineCopy, Write};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("DATABASE_URL: {0}")]
+    Url(String),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Where the data lives, from `DATABASE_URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite { path: String },
+    Postgres { url: String },
+}
+
+impl Backend {
+    /// `sqlite://PATH` (relative or absolute), `postgres://…` / `postgresql://…`, or `off`.
+    pub fn parse(url: &str) -> Result<Option<Backend>, StoreError> {
+        if url == "off" {
+            return Ok(None);
+        }
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            let path = path.split('?').next().unwrap_or_default();
+            if path.is_empty() {
+                return Err(StoreError::Url("sqlite:// needs a file path".into()));
+            }
+            return Ok(Some(Backend::Sqlite { path: path.to_string() }));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Some(Backend::Postgres { url: url.to_string() }));
+        }
+        Err(StoreError::Url("must be sqlite://PATH, postgres://… or off".into()))
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            Backend::Sqlite { .. } => "sqlite",
+            Backend::Postgres { .. } => "postgres",
+        }
+    }
+}
+
+/// A connected store.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: &'static str,
+}
+
+/// One message row, for history reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredMessage {
+    pub timeline_of: String,
+    pub convers_with: String,
+    pub message_id: String,
+    pub status: i64,
+    pub timestamp: i64,
+    pub message: Map<String, Value>,
+}
+
+/// One conversation row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredConversation {
+    pub timeline_of: String,
+    pub convers_with: String,
+    pub message_id: String,
+    pub last_message_text: Option<String>,
+    pub status: i64,
+    pub timestamp: i64,
+    pub is_new: bool,
+    pub archived: bool,
+}
+
+impl Store {
+    /// Connect (creating the SQLite file and its directory on first run) and migrate.
+    pub async fn open(backend: &Backend) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let (url, max) = match backend {
+            Backend::Sqlite { path } => {
+                if let Some(dir) = std::path::Path::new(path)
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                {
+                    std::fs::create_dir_all(dir).map_err(|e| StoreError::Url(format!("{}: {e}", dir.display())))?;
+                }
+                // One writer at a time is how SQLite works; readers use the other connections.
+                (format!("sqlite://{path}?mode=rwc"), 4)
+            }
+            Backend::Postgres { url } => (url.clone(), 8),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(&url)
+            .await?;
+        if matches!(backend, Backend::Sqlite { .. }) {
+            // WAL: readers never block the writer; the setting is kept in the file.
+            sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await?;
+        }
+        MIGRATOR.run(&pool).await?;
+        Ok(Store {
+            pool,
+            backend: backend.label(),
+        })
+    }
+
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// Is the database answering?
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    /// Apply writes in one transaction (all or nothing).
+    pub async fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for w in writes {
+            match w {
+                Write::Message(c) => insert_message(&mut tx, c).await?,
+                Write::Conversation(c) => upsert_conversation(&mut tx, c).await?,
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A conversation's messages, newest first.
+    pub async fn messages(
+        &self,
+        timeline_of: &str,
+        convers_with: &str,
+        limit: i64,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT timeline_of, convers_with, message_id, status, timestamp, body FROM messages \
+             WHERE timeline_of = $1 AND convers_with = $2 ORDER BY timestamp DESC LIMIT $3",
+        )
+        .bind(timeline_of)
+        .bind(convers_with)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(message_row).collect()
+    }
+
+    /// A user's conversations (active or archived), newest first.
+    pub async fn conversations(
+        &self,
+        timeline_of: &str,
+        archived: bool,
+    ) -> Result<Vec<StoredConversation>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT timeline_of, convers_with, message_id, last_message_text, status, timestamp, \
+             CAST(CASE WHEN is_new THEN 1 ELSE 0 END AS BIGINT) AS is_new, \
+             CAST(CASE WHEN archived THEN 1 ELSE 0 END AS BIGINT) AS archived FROM conversations WHERE timeline_of = $1 AND archived = $2 ORDER BY timestamp DESC",
+        )
+        .bind(timeline_of)
+        .bind(archived)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(conversation_row).collect()
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn str_field(m: &Map<String, Value>, k: &str) -> Option<String> {
+    m.get(k).and_then(Value::as_str).map(str::to_owned)
+}
+
+fn int_field(m: &Map<String, Value>, k: &str) -> i64 {
+    m.get(k).and_then(Value::as_i64).unwrap_or_default()
+}
+
+fn json(m: &Map<String, Value>) -> String {
+    serde_json::to_string(m).unwrap_or_default()
+}
+
+async fn insert_message(tx: &mut sqlx::Transaction<'_, sqlx::Any>, c: &TimelineCopy) -> Result<(), sqlx::Error> {
+    let m = &c.message;
+    sqlx::query(
+        "INSERT INTO messages (timeline_of, message_id, convers_with, app_id, sender, recipient, status, timestamp, \
+         text, type, channel_type, body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+         ON CONFLICT (timeline_of, message_id) DO NOTHING",
+    )
+    .bind(&c.timeline_of)
+    .bind(str_field(m, "message_id").unwrap_or_default())
+    .bind(&c.convers_with)
+    .bind(str_field(m, "app_id").unwrap_or_default())
+    .bind(str_field(m, "sender"))
+    .bind(str_field(m, "recipient"))
+    .bind(int_field(m, "status"))
+    .bind(int_field(m, "timestamp"))
+    .bind(str_field(m, "text"))
+    .bind(str_field(m, "type"))
+    .bind(str_field(m, "channel_type"))
+    .bind(json(m))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn upsert_conversation(tx: &mut sqlx::Transaction<'_, sqlx::Any>, c: &TimelineCopy) -> Result<(), sqlx::Error> {
+    let m = &c.message;
+    let attributes = m.get("attributes").filter(|a| !a.is_null()).map(|a| a.to_string());
+    // Newest message wins: an older (or redelivered) message never replaces a newer last
+    // message. A new message un-archives the conversation (§6).
+    sqlx::query(
+        "INSERT INTO conversations (timeline_of, convers_with, app_id, message_id, sender, recipient, status, \
+         timestamp, last_message_text, type, channel_type, attributes, is_new, archived, body) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, FALSE, $14) \
+         ON CONFLICT (timeline_of, convers_with) DO UPDATE SET \
+         app_id = excluded.app_id, message_id = excluded.message_id, sender = excluded.sender, \
+         recipient = excluded.recipient, status = excluded.status, timestamp = excluded.timestamp, \
+         last_message_text = excluded.last_message_text, type = excluded.type, \
+         channel_type = excluded.channel_type, attributes = excluded.attributes, is_new = excluded.is_new, \
+         archived = FALSE, body = excluded.body \
+         WHERE excluded.timestamp >= conversations.timestamp",
+    )
+    .bind(&c.timeline_of)
+    .bind(&c.convers_with)
+    .bind(str_field(m, "app_id").unwrap_or_default())
+    .bind(str_field(m, "message_id").unwrap_or_default())
+    .bind(str_field(m, "sender"))
+    .bind(str_field(m, "recipient"))
+    .bind(int_field(m, "status"))
+    .bind(int_field(m, "timestamp"))
+    .bind(str_field(m, "text"))
+    .bind(str_field(m, "type"))
+    .bind(str_field(m, "channel_type"))
+    .bind(attributes)
+    .bind(c.is_new)
+    .bind(json(m))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn message_row(r: &AnyRow) -> Result<StoredMessage, StoreError> {
+    let body: String = r.try_get("body")?;
+    Ok(StoredMessage {
+        timeline_of: r.try_get("timeline_of")?,
+        convers_with: r.try_get("convers_with")?,
+        message_id: r.try_get("message_id")?,
+        status: r.try_get("status")?,
+        timestamp: r.try_get("timestamp")?,
+        message: serde_json::from_str(&body).unwrap_or_default(),
+    })
+}
+
+fn conversation_row(r: &AnyRow) -> Result<StoredConversation, StoreError> {
+    Ok(StoredConversation {
+        timeline_of: r.try_get("timeline_of")?,
+        convers_with: r.try_get("convers_with")?,
+        message_id: r.try_get("message_id")?,
+        last_message_text: r.try_get("last_message_text")?,
+        status: r.try_get("status")?,
+        timestamp: r.try_get("timestamp")?,
+        is_new: get_bool(r, "is_new")?,
+        archived: get_bool(r, "archived")?,
+    })
+}
+
+/// Booleans are selected as `CAST(CASE WHEN col THEN 1 ELSE 0 END AS BIGINT)`: the `Any`
+/// driver cannot decode SQLite's BOOLEAN columns, PostgreSQL cannot cast boolean to bigint
+/// directly, and this reads the same on both backends.
+fn get_bool(r: &AnyRow, col: &str) -> Result<bool, sqlx::Error> {
+    r.try_get::<i64, _>(col).map(|v| v != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn copy(timeline_of: &str, with: &str, id: &str, ts: i64, text: &str, is_new: bool) -> TimelineCopy {
+        let m = serde_json::json!({"message_id": id, "timestamp": ts, "text": text, "status": 150, "app_id": "a"});
+        TimelineCopy {
+            timeline_of: timeline_of.into(),
+            convers_with: with.into(),
+            is_new,
+            message: Arc::new(m.as_object().unwrap().clone()),
+        }
+    }
+
+    /// A real SQLite file: upserts are idempotent and the newest message wins.
+    #[tokio::test]
+    async fn sqlite_upserts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/c.db");
+        let store = Store::open(&Backend::Sqlite {
+            path: path.display().to_string(),
+        })
+        .await
+        .unwrap();
+        let new = copy("A", "B", "m2", 2000, "new", true);
+        let old = copy("A", "B", "m1", 1000, "old", true);
+        let w = |c: &TimelineCopy| vec![Write::Message(c.clone()), Write::Conversation(c.clone())];
+        store.apply(&w(&new)).await.unwrap();
+        store.apply(&w(&new)).await.unwrap();
+        store.apply(&w(&old)).await.unwrap();
+        let msgs = store.messages("A", "B", 10).await.unwrap();
+        assert_eq!(
+            msgs.iter().map(|m| m.message_id.as_str()).collect::<Vec<_>>(),
+            vec!["m2", "m1"]
+        );
+        let convs = store.conversations("A", false).await.unwrap();
+        assert_eq!(convs.len(), 1);
+        assert_eq!(convs[0].last_message_text.as_deref(), Some("new"));
+        assert!(convs[0].is_new);
+        // Reopening runs the migrations again: a no-op.
+        store.close().await;
+        let again = Store::open(&Backend::Sqlite {
+            path: path.display().to_string(),
+        })
+        .await
+        .unwrap();
+        assert_eq!(again.messages("A", "B", 10).await.unwrap().len(), 2);
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(Backend::parse("off").unwrap(), None);
+        assert_eq!(
+            Backend::parse("sqlite://./data/chat21.db").unwrap(),
+            Some(Backend::Sqlite {
+                path: "./data/chat21.db".into()
+            })
+        );
+        assert_eq!(
+            Backend::parse("sqlite:///var/lib/c.db?x=1").unwrap(),
+            Some(Backend::Sqlite {
+                path: "/var/lib/c.db".into()
+            })
+        );
+        assert!(matches!(
+            Backend::parse("postgres://u@h/db").unwrap(),
+            Some(Backend::Postgres { .. })
+        ));
+        assert!(Backend::parse("mysql://x").is_err());
+        assert!(Backend::parse("sqlite://").is_err());
+    }
+}

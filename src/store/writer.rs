@@ -1,0 +1,88 @@
+//! Group commit: the writes of every input in flight go into as few transactions as
+//! possible. One task owns the writing; inputs hand it their writes and wait for a "committed"
+//! signal before they are acked. If the database fails, the task retries the same batch with
+//! backoff until it commits: nothing is acked meanwhile, so nothing is lost, and memory stays
+//! bounded by the prefetch (the channel holds at most one job per input in flight).
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+use super::Store;
+use crate::metrics::Metrics;
+use crate::plan::Write;
+
+/// Most writes folded into one transaction.
+const MAX_BATCH_WRITES: usize = 4096;
+
+struct Job {
+    writes: Vec<Write>,
+    done: oneshot::Sender<()>,
+}
+
+/// Handle to the writer task.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    /// Start the writer task. `capacity` should be at least the prefetch.
+    pub fn spawn(store: Store, metrics: Arc<Metrics>, capacity: usize) -> Writer {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        tokio::spawn(run(store, metrics, rx));
+        Writer { tx }
+    }
+
+    /// Queue writes; the receiver resolves once they are committed. If the writer is gone
+    /// (shutdown) the receiver errors and the input is not acked.
+    pub async fn submit(&self, writes: Vec<Write>) -> oneshot::Receiver<()> {
+        let (done, rx) = oneshot::channel();
+        let _ = self.tx.send(Job { writes, done }).await;
+        rx
+    }
+}
+
+async fn run(store: Store, metrics: Arc<Metrics>, mut rx: mpsc::Receiver<Job>) {
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times();
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        let mut count = jobs[0].writes.len();
+        while count < MAX_BATCH_WRITES {
+            match rx.try_recv() {
+                Ok(job) => {
+                    count += job.writes.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let writes: Vec<Write> = jobs.iter_mut().flat_map(|j| std::mem::take(&mut j.writes)).collect();
+        let mut delays = backoff.build();
+        loop {
+            let started = std::time::Instant::now();
+            match store.apply(&writes).await {
+                Ok(()) => {
+                    metrics.committed(jobs.len(), started.elapsed().as_secs_f64());
+                    metrics.set_store_ok(true);
+                    break;
+                }
+                Err(e) => {
+                    if metrics.store_ok() {
+                        tracing::warn!(error = %e, inputs = jobs.len(), "store write failed; retrying, inputs stay unacked");
+                    }
+                    metrics.set_store_ok(false);
+                    tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
+                }
+            }
+        }
+        for job in jobs {
+            let _ = job.done.send(());
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! Persistence end to end, on both backends: SQLite (a file per engine) and the machine's
+//! PostgreSQL (a schema per test).
+
+use crate::common::*;
+use chat21_engine::store::Store;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug)]
+enum Db {
+    Sqlite,
+    Postgres,
+}
+
+async fn engine_with(b: &Broker, db: Db) -> EngineProc {
+    match db {
+        Db::Sqlite => EngineProc::start(b, &[]).await,
+        Db::Postgres => {
+            let url = fresh_pg_schema().await;
+            EngineProc::start(b, &[("DATABASE_URL", url.as_str())]).await
+        }
+    }
+}
+
+/// Poll until `f` is satisfied (writes commit before the ack, but the test reads through
+/// its own connection, possibly a moment before the copy reaches the test's inbox).
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn send(b: &Broker, e: &EngineProc, from: &str, to: &str, body: serde_json::Value) {
+    let mut c = Mqtt::connect(b, &e.app, from, Via::Tcp).await;
+    c.publish_acked(&e.topics().outgoing(from, to), body.to_string().as_bytes())
+        .await
+        .unwrap();
+}
+
+async fn history_and_conversations(db: Db) {
+    let b = broker();
+    let e = engine_with(b, db).await;
+    let (u1, u2) = (fresh("u"), fresh("u"));
+    send(
+        b,
+        &e,
+        &u1,
+        &u2,
+        json!({"text": "hello", "message_id": "m1", "attributes": {"a": 1}}),
+    )
+    .await;
+    let store = open_store(&e.database_url).await;
+
+    let rows = eventually("both timelines", || async {
+        let a = store.messages(&u1, &u2, 10).await.unwrap();
+        let b = store.messages(&u2, &u1, 10).await.unwrap();
+        (a.len() == 1 && b.len() == 1).then_some((a, b))
+    })
+    .await;
+    assert_eq!(rows.0[0].status, 100);
+    assert_eq!(rows.1[0].status, 150);
+    assert_eq!(rows.1[0].message_id, "m1");
+    assert_eq!(rows.1[0].message["text"], "hello");
+    assert_eq!(rows.1[0].message["attributes"], json!({"a": 1}));
+
+    let c1 = store.conversations(&u1, false).await.unwrap();
+    let c2 = store.conversations(&u2, false).await.unwrap();
+    assert_eq!(c1.len(), 1);
+    assert_eq!(c2.len(), 1);
+    assert_eq!((c1[0].convers_with.as_str(), c1[0].is_new), (u2.as_str(), false));
+    assert_eq!((c2[0].convers_with.as_str(), c2[0].is_new), (u1.as_str(), true));
+    assert_eq!(c2[0].last_message_text.as_deref(), Some("hello"));
+    assert!(!c2[0].archived);
+}
+
+#[tokio::test]
+async fn history_and_conversations_sqlite() {
+    history_and_conversations(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn history_and_conversations_postgres() {
+    history_and_conversations(Db::Postgres).await;
+}
+
+/// The same client message_id twice (a client retry, or a redelivered input) → one row per
+/// timeline; an older message never replaces the conversation's newer last message;
+/// `updateconversation: false` leaves the conversation alone.
+async fn idempotent_and_newest_wins(db: Db) {
+    let b = broker();
+    let e = engine_with(b, db).await;
+    let (u1, u2) = (fresh("u"), fresh("u"));
+    send(
+        b,
+        &e,
+        &u1,
+        &u2,
+        json!({"text": "new", "message_id": "m2", "timestamp": 2000}),
+    )
+    .await;
+    send(
+        b,
+        &e,
+        &u1,
+        &u2,
+        json!({"text": "new", "message_id": "m2", "timestamp": 2000}),
+    )
+    .await;
+    send(
+        b,
+        &e,
+        &u1,
+        &u2,
+        json!({"text": "old", "message_id": "m1", "timestamp": 1000}),
+    )
+    .await;
+    send(
+        b,
+        &e,
+        &u1,
+        &u2,
+        json!({"text": "quiet", "message_id": "m3", "timestamp": 3000, "attributes": {"updateconversation": false}}),
+    )
+    .await;
+    let store = open_store(&e.database_url).await;
+    let rows = eventually("three messages", || async {
+        let r = store.messages(&u2, &u1, 10).await.unwrap();
+        (r.len() >= 3).then_some(r)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rows = store.messages(&u2, &u1, 10).await.unwrap().len().max(rows.len());
+    assert_eq!(rows, 3, "one row per message_id");
+    let conv = store.conversations(&u2, false).await.unwrap();
+    assert_eq!(
+        conv[0].message_id, "m2",
+        "newest wins; updateconversation:false ignored"
+    );
+    assert_eq!(conv[0].last_message_text.as_deref(), Some("new"));
+    assert_eq!(conv[0].timestamp, 2000);
+}
+
+#[tokio::test]
+async fn idempotent_and_newest_wins_sqlite() {
+    idempotent_and_newest_wins(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn idempotent_and_newest_wins_postgres() {
+    idempotent_and_newest_wins(Db::Postgres).await;
+}
+
+/// History survives an engine restart (and the restarted engine keeps writing).
+async fn restart_keeps_history(db: Db) {
+    let b = broker();
+    let mut e = engine_with(b, db).await;
+    let (u1, u2) = (fresh("u"), fresh("u"));
+    send(
+        b,
+        &e,
+        &u1,
+        &u2,
+        json!({"text": "before", "message_id": "m1", "timestamp": 1}),
+    )
+    .await;
+    let store: Store = open_store(&e.database_url).await;
+    eventually("first", || async {
+        (store.messages(&u2, &u1, 10).await.unwrap().len() == 1).then_some(())
+    })
+    .await;
+    e.kill9();
+    e.restart().await;
+    send(
+        b,
+        &e,
+        &u1,
+        &u2,
+        json!({"text": "after", "message_id": "m2", "timestamp": 2}),
+    )
+    .await;
+    let rows = eventually("both", || async {
+        let r = store.messages(&u2, &u1, 10).await.unwrap();
+        (r.len() == 2).then_some(r)
+    })
+    .await;
+    assert_eq!(rows[0].message["text"], "after");
+    assert_eq!(rows[1].message["text"], "before");
+}
+
+#[tokio::test]
+async fn restart_keeps_history_sqlite() {
+    restart_keeps_history(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn restart_keeps_history_postgres() {
+    restart_keeps_history(Db::Postgres).await;
+}
