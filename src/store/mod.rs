@@ -133,14 +133,16 @@ impl Store {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 
-    /// Apply writes in one transaction (all or nothing).
+    /// Apply writes in one transaction (all or nothing), as few multi-row statements as
+    /// possible: a statement costs a round trip (a thread hop for SQLite), a row almost nothing.
     pub async fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
+        let (messages, conversations) = coalesce(writes);
         let mut tx = self.pool.begin().await?;
-        for w in writes {
-            match w {
-                Write::Message(c) => insert_message(&mut tx, c).await?,
-                Write::Conversation(c) => upsert_conversation(&mut tx, c).await?,
-            }
+        for chunk in messages.chunks(ROWS_PER_STATEMENT) {
+            insert_messages(&mut tx, chunk).await?;
+        }
+        for chunk in conversations.chunks(ROWS_PER_STATEMENT) {
+            upsert_conversations(&mut tx, chunk).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -200,39 +202,106 @@ fn json(m: &Map<String, Value>) -> String {
     serde_json::to_string(m).unwrap_or_default()
 }
 
-async fn insert_message(tx: &mut sqlx::Transaction<'_, sqlx::Any>, c: &TimelineCopy) -> Result<(), sqlx::Error> {
-    let m = &c.message;
-    sqlx::query(
+/// Rows per statement: 14 parameters a row stays far below SQLite's (32,766) and
+/// PostgreSQL's (65,535) parameter limits.
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// One row per key, as the upserts would leave them: the first copy of a message (later ones
+/// are no-ops), the newest message of a conversation. PostgreSQL also refuses one statement
+/// that touches the same conversation row twice.
+fn coalesce(writes: &[Write]) -> (Vec<&TimelineCopy>, Vec<&TimelineCopy>) {
+    let mut seen = std::collections::HashSet::new();
+    let mut messages = Vec::new();
+    let mut conversations: Vec<&TimelineCopy> = Vec::new();
+    let mut conv_index = std::collections::HashMap::new();
+    for w in writes {
+        match w {
+            Write::Message(c) => {
+                if seen.insert((c.timeline_of.as_str(), str_ref(&c.message, "message_id"))) {
+                    messages.push(c);
+                }
+            }
+            Write::Conversation(c) => match conv_index.get(&(c.timeline_of.as_str(), c.convers_with.as_str())) {
+                Some(&i) => {
+                    let current: &TimelineCopy = conversations[i];
+                    if int_field(&c.message, "timestamp") >= int_field(&current.message, "timestamp") {
+                        conversations[i] = c;
+                    }
+                }
+                None => {
+                    conv_index.insert((c.timeline_of.as_str(), c.convers_with.as_str()), conversations.len());
+                    conversations.push(c);
+                }
+            },
+        }
+    }
+    (messages, conversations)
+}
+
+fn str_ref<'a>(m: &'a Map<String, Value>, k: &str) -> &'a str {
+    m.get(k).and_then(Value::as_str).unwrap_or_default()
+}
+
+/// `($1, …, $n), ($n+1, …)` for `rows` rows of `cols` parameters.
+fn placeholders(rows: usize, cols: usize, literal_after: Option<(usize, &str)>) -> String {
+    let mut out = String::with_capacity(rows * cols * 5);
+    let mut n = 0;
+    for r in 0..rows {
+        out.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..cols {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            n += 1;
+            out.push_str(&format!("${n}"));
+            if let Some((after, lit)) = literal_after {
+                if c + 1 == after {
+                    out.push_str(", ");
+                    out.push_str(lit);
+                }
+            }
+        }
+        out.push(')');
+    }
+    out
+}
+
+async fn insert_messages(tx: &mut sqlx::Transaction<'_, sqlx::Any>, rows: &[&TimelineCopy]) -> Result<(), sqlx::Error> {
+    let sql = format!(
         "INSERT INTO messages (timeline_of, message_id, convers_with, app_id, sender, recipient, status, timestamp, \
-         text, type, channel_type, body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-         ON CONFLICT (timeline_of, message_id) DO NOTHING",
-    )
-    .bind(&c.timeline_of)
-    .bind(str_field(m, "message_id").unwrap_or_default())
-    .bind(&c.convers_with)
-    .bind(str_field(m, "app_id").unwrap_or_default())
-    .bind(str_field(m, "sender"))
-    .bind(str_field(m, "recipient"))
-    .bind(int_field(m, "status"))
-    .bind(int_field(m, "timestamp"))
-    .bind(str_field(m, "text"))
-    .bind(str_field(m, "type"))
-    .bind(str_field(m, "channel_type"))
-    .bind(json(m))
-    .execute(&mut **tx)
-    .await?;
+         text, type, channel_type, body) VALUES {} ON CONFLICT (timeline_of, message_id) DO NOTHING",
+        placeholders(rows.len(), 12, None)
+    );
+    let mut q = sqlx::query(&sql);
+    for c in rows {
+        let m = &c.message;
+        q = q
+            .bind(c.timeline_of.clone())
+            .bind(str_field(m, "message_id").unwrap_or_default())
+            .bind(c.convers_with.clone())
+            .bind(str_field(m, "app_id").unwrap_or_default())
+            .bind(str_field(m, "sender"))
+            .bind(str_field(m, "recipient"))
+            .bind(int_field(m, "status"))
+            .bind(int_field(m, "timestamp"))
+            .bind(str_field(m, "text"))
+            .bind(str_field(m, "type"))
+            .bind(str_field(m, "channel_type"))
+            .bind(json(m));
+    }
+    q.execute(&mut **tx).await?;
     Ok(())
 }
 
-async fn upsert_conversation(tx: &mut sqlx::Transaction<'_, sqlx::Any>, c: &TimelineCopy) -> Result<(), sqlx::Error> {
-    let m = &c.message;
-    let attributes = m.get("attributes").filter(|a| !a.is_null()).map(|a| a.to_string());
+async fn upsert_conversations(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    rows: &[&TimelineCopy],
+) -> Result<(), sqlx::Error> {
     // Newest message wins: an older (or redelivered) message never replaces a newer last
     // message. A new message un-archives the conversation (§6).
-    sqlx::query(
+    let sql = format!(
         "INSERT INTO conversations (timeline_of, convers_with, app_id, message_id, sender, recipient, status, \
-         timestamp, last_message_text, type, channel_type, attributes, is_new, archived, body) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, FALSE, $14) \
+         timestamp, last_message_text, type, channel_type, attributes, is_new, archived, body) VALUES {} \
          ON CONFLICT (timeline_of, convers_with) DO UPDATE SET \
          app_id = excluded.app_id, message_id = excluded.message_id, sender = excluded.sender, \
          recipient = excluded.recipient, status = excluded.status, timestamp = excluded.timestamp, \
@@ -240,23 +309,29 @@ async fn upsert_conversation(tx: &mut sqlx::Transaction<'_, sqlx::Any>, c: &Time
          channel_type = excluded.channel_type, attributes = excluded.attributes, is_new = excluded.is_new, \
          archived = FALSE, body = excluded.body \
          WHERE excluded.timestamp >= conversations.timestamp",
-    )
-    .bind(&c.timeline_of)
-    .bind(&c.convers_with)
-    .bind(str_field(m, "app_id").unwrap_or_default())
-    .bind(str_field(m, "message_id").unwrap_or_default())
-    .bind(str_field(m, "sender"))
-    .bind(str_field(m, "recipient"))
-    .bind(int_field(m, "status"))
-    .bind(int_field(m, "timestamp"))
-    .bind(str_field(m, "text"))
-    .bind(str_field(m, "type"))
-    .bind(str_field(m, "channel_type"))
-    .bind(attributes)
-    .bind(c.is_new)
-    .bind(json(m))
-    .execute(&mut **tx)
-    .await?;
+        placeholders(rows.len(), 14, Some((13, "FALSE")))
+    );
+    let mut q = sqlx::query(&sql);
+    for c in rows {
+        let m = &c.message;
+        let attributes = m.get("attributes").filter(|a| !a.is_null()).map(|a| a.to_string());
+        q = q
+            .bind(c.timeline_of.clone())
+            .bind(c.convers_with.clone())
+            .bind(str_field(m, "app_id").unwrap_or_default())
+            .bind(str_field(m, "message_id").unwrap_or_default())
+            .bind(str_field(m, "sender"))
+            .bind(str_field(m, "recipient"))
+            .bind(int_field(m, "status"))
+            .bind(int_field(m, "timestamp"))
+            .bind(str_field(m, "text"))
+            .bind(str_field(m, "type"))
+            .bind(str_field(m, "channel_type"))
+            .bind(attributes)
+            .bind(c.is_new)
+            .bind(json(m));
+    }
+    q.execute(&mut **tx).await?;
     Ok(())
 }
 
@@ -340,6 +415,33 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(again.messages("A", "B", 10).await.unwrap().len(), 2);
+    }
+
+    #[test]
+    fn placeholder_lists() {
+        assert_eq!(placeholders(2, 2, None), "($1, $2), ($3, $4)");
+        assert_eq!(
+            placeholders(2, 2, Some((1, "FALSE"))),
+            "($1, FALSE, $2), ($3, FALSE, $4)"
+        );
+    }
+
+    #[test]
+    fn coalesce_keeps_first_message_and_newest_conversation() {
+        let a = copy("A", "B", "m1", 1, "one", true);
+        let b = copy("A", "B", "m2", 3, "two", true);
+        let c = copy("A", "B", "m3", 2, "three", true);
+        let writes = vec![
+            Write::Message(a.clone()),
+            Write::Message(a.clone()),
+            Write::Conversation(a),
+            Write::Conversation(b),
+            Write::Conversation(c),
+        ];
+        let (m, conv) = coalesce(&writes);
+        assert_eq!(m.len(), 1);
+        assert_eq!(conv.len(), 1);
+        assert_eq!(conv[0].message["text"], "two");
     }
 
     #[test]

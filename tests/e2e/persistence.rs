@@ -205,3 +205,76 @@ async fn restart_keeps_history_sqlite() {
 async fn restart_keeps_history_postgres() {
     restart_keeps_history(Db::Postgres).await;
 }
+
+/// The store goes away mid-stream (a private PostgreSQL stopped, then started again): the
+/// engine stops acking, reports not-ready, retries, and resumes by itself; every message
+/// ends up in the history and in the inbox.
+#[tokio::test]
+async fn store_outage_mid_stream_loses_nothing() {
+    const N: usize = 300;
+    let b = broker();
+    let pg = tokio::task::spawn_blocking(PrivatePg::start).await.unwrap();
+    let e = EngineProc::start(b, &[("DATABASE_URL", pg.url().as_str())]).await;
+    let (u1, u2) = (fresh("u"), fresh("u"));
+    let tap = Tap::new(b, &format!("apps.{}.users.{u2}.messages.*.clientadded", e.app)).await;
+    let c = Mqtt::connect(b, &e.app, &u1, Via::Tcp).await;
+    let key = e.topics().outgoing(&u1, &u2);
+    let sender = tokio::spawn(async move {
+        for n in 0..N {
+            c.publish(
+                &key,
+                json!({"text": "x", "seq": n, "message_id": format!("m{n}"), "timestamp": n})
+                    .to_string()
+                    .as_bytes(),
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        c
+    });
+    let store = open_store(&pg.url()).await;
+    eventually("some messages stored", || async {
+        (store.messages(&u2, &u1, 1000).await.unwrap().len() >= N / 4).then_some(())
+    })
+    .await;
+    store.close().await;
+
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.halt();
+        pg
+    })
+    .await
+    .unwrap();
+    eventually("/readyz to report the store", || async {
+        (http_get(e.http_port, "/readyz").await.ok()?.0 == 503).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.resume();
+        pg
+    })
+    .await
+    .unwrap();
+    let _sender = sender.await.unwrap();
+    e.wait_ready().await;
+
+    let store = open_store(&pg.url()).await;
+    let rows = eventually("every message stored", || async {
+        let r = store.messages(&u2, &u1, 1000).await.unwrap();
+        (r.len() == N).then_some(r)
+    })
+    .await;
+    assert_eq!(rows.len(), N);
+    let mut seen = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while seen.len() < N && Instant::now() < deadline {
+        for (_, m) in tap.drain().await {
+            seen.insert(m["seq"].as_i64().unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen.len(), N, "every message delivered");
+    assert_eq!(e.metric("chat21_store_up").await, 1.0);
+    assert_eq!(e.metric("chat21_inputs_in_flight").await, 0.0);
+}
