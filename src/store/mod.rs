@@ -138,11 +138,12 @@ impl Store {
     pub async fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
         let (messages, conversations) = coalesce(writes);
         let mut tx = self.pool.begin().await?;
-        for chunk in messages.chunks(ROWS_PER_STATEMENT) {
-            insert_messages(&mut tx, chunk).await?;
+        let positional = self.backend == "sqlite";
+        for chunk in statement_chunks(&messages) {
+            insert_messages(&mut tx, positional, chunk).await?;
         }
-        for chunk in conversations.chunks(ROWS_PER_STATEMENT) {
-            upsert_conversations(&mut tx, chunk).await?;
+        for chunk in statement_chunks(&conversations) {
+            upsert_conversations(&mut tx, positional, chunk).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -202,9 +203,24 @@ fn json(m: &Map<String, Value>) -> String {
     serde_json::to_string(m).unwrap_or_default()
 }
 
-/// Rows per statement: 14 parameters a row stays far below SQLite's (32,766) and
+/// Most rows per statement: 14 parameters a row stays far below SQLite's (32,766) and
 /// PostgreSQL's (65,535) parameter limits.
-const ROWS_PER_STATEMENT: usize = 500;
+const ROWS_PER_STATEMENT: usize = 256;
+
+/// Split rows into statements of power-of-two sizes (256, 128, …, 1): at most nine distinct
+/// statement shapes per table, so prepared statements are reused from sqlx's cache instead of
+/// one new (large) statement per batch size — that cost CPU and tens of MB of cached plans.
+fn statement_chunks<T>(rows: &[T]) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let n = ROWS_PER_STATEMENT.min(1 << rest.len().ilog2());
+        let (head, tail) = rest.split_at(n);
+        out.push(head);
+        rest = tail;
+    }
+    out
+}
 
 /// One row per key, as the upserts would leave them: the first copy of a message (later ones
 /// are no-ops), the newest message of a conversation. PostgreSQL also refuses one statement
@@ -242,8 +258,10 @@ fn str_ref<'a>(m: &'a Map<String, Value>, k: &str) -> &'a str {
     m.get(k).and_then(Value::as_str).unwrap_or_default()
 }
 
-/// `($1, …, $n), ($n+1, …)` for `rows` rows of `cols` parameters.
-fn placeholders(rows: usize, cols: usize, literal_after: Option<(usize, &str)>) -> String {
+/// `($1, …, $n), ($n+1, …)` (PostgreSQL) or `(?, …), (?, …)` (SQLite) for `rows` rows of
+/// `cols` parameters. SQLite gets plain `?`: sqlx binds `$N` there by looking each name up,
+/// which is quadratic in the number of parameters and dominated the profile of big batches.
+fn placeholders(positional: bool, rows: usize, cols: usize, literal_after: Option<(usize, &str)>) -> String {
     let mut out = String::with_capacity(rows * cols * 5);
     let mut n = 0;
     for r in 0..rows {
@@ -253,7 +271,11 @@ fn placeholders(rows: usize, cols: usize, literal_after: Option<(usize, &str)>) 
                 out.push_str(", ");
             }
             n += 1;
-            out.push_str(&format!("${n}"));
+            if positional {
+                out.push('?');
+            } else {
+                out.push_str(&format!("${n}"));
+            }
             if let Some((after, lit)) = literal_after {
                 if c + 1 == after {
                     out.push_str(", ");
@@ -266,11 +288,15 @@ fn placeholders(rows: usize, cols: usize, literal_after: Option<(usize, &str)>) 
     out
 }
 
-async fn insert_messages(tx: &mut sqlx::Transaction<'_, sqlx::Any>, rows: &[&TimelineCopy]) -> Result<(), sqlx::Error> {
+async fn insert_messages(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    positional: bool,
+    rows: &[&TimelineCopy],
+) -> Result<(), sqlx::Error> {
     let sql = format!(
         "INSERT INTO messages (timeline_of, message_id, convers_with, app_id, sender, recipient, status, timestamp, \
          text, type, channel_type, body) VALUES {} ON CONFLICT (timeline_of, message_id) DO NOTHING",
-        placeholders(rows.len(), 12, None)
+        placeholders(positional, rows.len(), 12, None)
     );
     let mut q = sqlx::query(&sql);
     for c in rows {
@@ -295,6 +321,7 @@ async fn insert_messages(tx: &mut sqlx::Transaction<'_, sqlx::Any>, rows: &[&Tim
 
 async fn upsert_conversations(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    positional: bool,
     rows: &[&TimelineCopy],
 ) -> Result<(), sqlx::Error> {
     // Newest message wins: an older (or redelivered) message never replaces a newer last
@@ -309,7 +336,7 @@ async fn upsert_conversations(
          channel_type = excluded.channel_type, attributes = excluded.attributes, is_new = excluded.is_new, \
          archived = FALSE, body = excluded.body \
          WHERE excluded.timestamp >= conversations.timestamp",
-        placeholders(rows.len(), 14, Some((13, "FALSE")))
+        placeholders(positional, rows.len(), 14, Some((13, "FALSE")))
     );
     let mut q = sqlx::query(&sql);
     for c in rows {
@@ -418,12 +445,21 @@ mod tests {
     }
 
     #[test]
+    fn chunks_have_few_shapes() {
+        let rows: Vec<u32> = (0..700).collect();
+        let sizes: Vec<usize> = statement_chunks(&rows).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, vec![256, 256, 128, 32, 16, 8, 4]);
+        assert!(statement_chunks::<u32>(&[]).is_empty());
+    }
+
+    #[test]
     fn placeholder_lists() {
-        assert_eq!(placeholders(2, 2, None), "($1, $2), ($3, $4)");
+        assert_eq!(placeholders(false, 2, 2, None), "($1, $2), ($3, $4)");
         assert_eq!(
-            placeholders(2, 2, Some((1, "FALSE"))),
+            placeholders(false, 2, 2, Some((1, "FALSE"))),
             "($1, FALSE, $2), ($3, FALSE, $4)"
         );
+        assert_eq!(placeholders(true, 2, 2, None), "(?, ?), (?, ?)");
     }
 
     #[test]
