@@ -41,6 +41,9 @@ pub enum RejectReason {
     KeyTooLong,
     /// A valid input this engine version does not handle yet (e.g. groups).
     Unsupported,
+    /// Well-formed but asks for nothing the protocol does (e.g. a receipt with a status
+    /// other than 200).
+    Ignored,
 }
 
 impl RejectReason {
@@ -51,6 +54,7 @@ impl RejectReason {
         RejectReason::NotObject,
         RejectReason::KeyTooLong,
         RejectReason::Unsupported,
+        RejectReason::Ignored,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +65,7 @@ impl RejectReason {
             RejectReason::NotObject => "not_object",
             RejectReason::KeyTooLong => "key_too_long",
             RejectReason::Unsupported => "unsupported",
+            RejectReason::Ignored => "ignored",
         }
     }
 }

@@ -35,6 +35,19 @@ pub enum Write {
     /// The conversation's last message; an older message never replaces a newer one, and a
     /// new message un-archives the conversation.
     Conversation(TimelineCopy),
+    /// Raise a stored message's status (receipts): only where the row exists and its status
+    /// is lower — never a stub row (fix D7).
+    MessageStatus {
+        timeline_of: String,
+        message_id: String,
+        status: i64,
+    },
+    /// Set a stored conversation's `is_new` flag (only where the conversation exists).
+    ConversationIsNew {
+        timeline_of: String,
+        convers_with: String,
+        is_new: bool,
+    },
 }
 
 /// The effects of one input, in the order they must be published.

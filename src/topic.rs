@@ -134,7 +134,11 @@ impl Topics {
     /// Binding patterns on `amq.topic` for the inputs this engine version handles.
     pub fn bindings(&self) -> Vec<String> {
         match &self.layout {
-            Layout::Chat21 { app } => vec![format!("apps.{app}.outgoing.users.*.messages.*.outgoing")],
+            Layout::Chat21 { app } => vec![
+                format!("apps.{app}.outgoing.users.*.messages.*.outgoing"),
+                format!("apps.{app}.users.*.messages.*.*.update"),
+                format!("apps.{app}.users.*.conversations.*.update"),
+            ],
             Layout::Seed { seed, .. } => vec![format!("{}.*.*.messages.outgoing", seed.prefix)],
         }
     }
@@ -174,6 +178,42 @@ impl Topics {
             Layout::Seed { seed, .. } => format!("{}.{timeline_of}.{convers_with}.messages.clientadded", seed.prefix),
         };
         checked(key)
+    }
+
+    /// Where a receipt for `message_id` lands for `timeline_of` (the message's sender):
+    /// `apps.{app}.users.{timeline_of}.messages.{convers_with}.{message_id}.clientupdated`.
+    pub fn receipt_updated(
+        &self,
+        app: &str,
+        timeline_of: &str,
+        convers_with: &str,
+        message_id: &str,
+    ) -> Result<String, RejectReason> {
+        checked(format!(
+            "apps.{app}.users.{timeline_of}.messages.{convers_with}.{message_id}.clientupdated"
+        ))
+    }
+
+    /// `apps.{app}.users.{timeline_of}.conversations.{convers_with}.clientupdated`.
+    pub fn conversation_updated(
+        &self,
+        app: &str,
+        timeline_of: &str,
+        convers_with: &str,
+    ) -> Result<String, RejectReason> {
+        checked(format!(
+            "apps.{app}.users.{timeline_of}.conversations.{convers_with}.clientupdated"
+        ))
+    }
+
+    /// The key a user publishes a receipt on (clients and tests).
+    pub fn receipt(&self, app: &str, me: &str, with: &str, message_id: &str) -> String {
+        format!("apps.{app}.users.{me}.messages.{with}.{message_id}.update")
+    }
+
+    /// The key a user publishes a conversation update on (clients and tests).
+    pub fn conversation_update(&self, app: &str, me: &str, with: &str) -> String {
+        format!("apps.{app}.users.{me}.conversations.{with}.update")
     }
 
     /// The key a user publishes a message on (clients and tests; the engine only parses it).

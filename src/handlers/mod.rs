@@ -1,5 +1,7 @@
 //! Pure handlers: one typed input + its body → a [`Plan`] or a rejection. No I/O here.
 
+mod conversation;
+mod receipt;
 mod send;
 
 use crate::message::RejectReason;
@@ -12,6 +14,13 @@ pub use send::is_group_message;
 pub fn handle(topics: &Topics, inbound: &Inbound, body: &[u8], ctx: &Context) -> Result<Plan, RejectReason> {
     match inbound {
         Inbound::Send { app, sender, recipient } => send::send(topics, app, sender, recipient, body, ctx),
+        Inbound::Receipt {
+            app,
+            me,
+            with,
+            message_id,
+        } => receipt::receipt(topics, app, me, with, message_id, body),
+        Inbound::ConversationUpdate { app, me, with } => conversation::update(topics, app, me, with, body),
         // Parsed (the grammar is complete) but not bound yet: later issues add them.
         _ => Err(RejectReason::Unsupported),
     }

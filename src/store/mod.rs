@@ -136,7 +136,7 @@ impl Store {
     /// Apply writes in one transaction (all or nothing), as few multi-row statements as
     /// possible: a statement costs a round trip (a thread hop for SQLite), a row almost nothing.
     pub async fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
-        let (messages, conversations) = coalesce(writes);
+        let (messages, conversations, updates) = coalesce(writes);
         let mut tx = self.pool.begin().await?;
         let positional = self.backend == "sqlite";
         for chunk in statement_chunks(&messages) {
@@ -144,6 +144,10 @@ impl Store {
         }
         for chunk in statement_chunks(&conversations) {
             upsert_conversations(&mut tx, positional, chunk).await?;
+        }
+        // After the inserts: a receipt committed with its message in one batch still applies.
+        for w in updates {
+            update_row(&mut tx, w).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -166,6 +170,19 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(message_row).collect()
+    }
+
+    /// One stored message, if it exists.
+    pub async fn message(&self, timeline_of: &str, message_id: &str) -> Result<Option<StoredMessage>, StoreError> {
+        let row = sqlx::query(
+            "SELECT timeline_of, convers_with, message_id, status, timestamp, body FROM messages \
+             WHERE timeline_of = $1 AND message_id = $2",
+        )
+        .bind(timeline_of)
+        .bind(message_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(message_row).transpose()
     }
 
     /// A user's conversations (active or archived), newest first.
@@ -225,13 +242,17 @@ fn statement_chunks<T>(rows: &[T]) -> Vec<&[T]> {
 /// One row per key, as the upserts would leave them: the first copy of a message (later ones
 /// are no-ops), the newest message of a conversation. PostgreSQL also refuses one statement
 /// that touches the same conversation row twice.
-fn coalesce(writes: &[Write]) -> (Vec<&TimelineCopy>, Vec<&TimelineCopy>) {
+type Coalesced<'a> = (Vec<&'a TimelineCopy>, Vec<&'a TimelineCopy>, Vec<&'a Write>);
+
+fn coalesce(writes: &[Write]) -> Coalesced<'_> {
     let mut seen = std::collections::HashSet::new();
     let mut messages = Vec::new();
     let mut conversations: Vec<&TimelineCopy> = Vec::new();
     let mut conv_index = std::collections::HashMap::new();
+    let mut updates = Vec::new();
     for w in writes {
         match w {
+            Write::MessageStatus { .. } | Write::ConversationIsNew { .. } => updates.push(w),
             Write::Message(c) => {
                 if seen.insert((c.timeline_of.as_str(), str_ref(&c.message, "message_id"))) {
                     messages.push(c);
@@ -251,7 +272,40 @@ fn coalesce(writes: &[Write]) -> (Vec<&TimelineCopy>, Vec<&TimelineCopy>) {
             },
         }
     }
-    (messages, conversations)
+    (messages, conversations, updates)
+}
+
+/// Single-row updates, in input order. They touch only rows that exist (no stub rows).
+async fn update_row(tx: &mut sqlx::Transaction<'_, sqlx::Any>, w: &Write) -> Result<(), sqlx::Error> {
+    match w {
+        Write::MessageStatus {
+            timeline_of,
+            message_id,
+            status,
+        } => {
+            // Only ever raise a status: a late 200 never downgrades a 250 or 300.
+            sqlx::query("UPDATE messages SET status = $1 WHERE timeline_of = $2 AND message_id = $3 AND status < $1")
+                .bind(*status)
+                .bind(timeline_of.as_str())
+                .bind(message_id.as_str())
+                .execute(&mut **tx)
+                .await?;
+        }
+        Write::ConversationIsNew {
+            timeline_of,
+            convers_with,
+            is_new,
+        } => {
+            sqlx::query("UPDATE conversations SET is_new = $1 WHERE timeline_of = $2 AND convers_with = $3")
+                .bind(*is_new)
+                .bind(timeline_of.as_str())
+                .bind(convers_with.as_str())
+                .execute(&mut **tx)
+                .await?;
+        }
+        Write::Message(_) | Write::Conversation(_) => {}
+    }
+    Ok(())
 }
 
 fn str_ref<'a>(m: &'a Map<String, Value>, k: &str) -> &'a str {
@@ -474,7 +528,7 @@ mod tests {
             Write::Conversation(b),
             Write::Conversation(c),
         ];
-        let (m, conv) = coalesce(&writes);
+        let (m, conv, _) = coalesce(&writes);
         assert_eq!(m.len(), 1);
         assert_eq!(conv.len(), 1);
         assert_eq!(conv[0].message["text"], "two");

@@ -278,3 +278,117 @@ async fn store_outage_mid_stream_loses_nothing() {
     assert_eq!(e.metric("chat21_store_up").await, 1.0);
     assert_eq!(e.metric("chat21_inputs_in_flight").await, 0.0);
 }
+
+/// Receipts (§5): U2 acknowledges U1's message → U1 gets a 250 update on its own inbox; the
+/// store has 200 in U2's timeline and 250 in U1's; a receipt for an unknown message creates
+/// no row; statuses other than 200 are ignored and counted.
+async fn receipt_flow(db: Db) {
+    let b = broker();
+    let e = engine_with(b, db).await;
+    let (u1, u2) = (fresh("u"), fresh("u"));
+    let mut c1 = Mqtt::connect(b, &e.app, &u1, Via::Tcp).await;
+    c1.subscribe_inbox().await;
+    let mut c2 = Mqtt::connect(b, &e.app, &u2, Via::Ws).await;
+    c2.publish_acked(&e.topics().outgoing(&u2, &u1), br#"{"text":"warm up"}"#)
+        .await
+        .unwrap();
+    c1.publish_acked(
+        &e.topics().outgoing(&u1, &u2),
+        br#"{"text":"read me","message_id":"m1"}"#,
+    )
+    .await
+    .unwrap();
+    let store = open_store(&e.database_url).await;
+    eventually("the message stored", || async {
+        store.message(&u2, "m1").await.unwrap()
+    })
+    .await;
+    c1.messages(2, Duration::from_secs(10)).await; // warm-up copy and own copy
+
+    let t = e.topics();
+    c2.publish_acked(&t.receipt(&e.app, &u2, &u1, "m1"), br#"{"status":200}"#)
+        .await
+        .unwrap();
+    c2.publish_acked(&t.receipt(&e.app, &u2, &u1, "m1"), br#"{"status":300}"#)
+        .await
+        .unwrap();
+    c2.publish_acked(&t.receipt(&e.app, &u2, &u1, "nope"), br#"{"status":200}"#)
+        .await
+        .unwrap();
+    let got = c1.messages(1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1, "return receipt; log:\n{}", e.log_text());
+    assert_eq!(
+        got[0].0,
+        format!("apps/{}/users/{u1}/messages/{u2}/m1/clientupdated", e.app)
+    );
+    assert_eq!(got[0].1, json!({"timelineOf": u1, "message_id": "m1", "status": 250}));
+
+    let (mine, theirs) = eventually("statuses", || async {
+        let a = store.message(&u2, "m1").await.unwrap()?;
+        let b = store.message(&u1, "m1").await.unwrap()?;
+        (a.status == 200 && b.status == 250).then_some((a, b))
+    })
+    .await;
+    assert_eq!((mine.status, theirs.status), (200, 250));
+    assert!(store.message(&u2, "nope").await.unwrap().is_none(), "no stub rows");
+    assert!(store.message(&u1, "nope").await.unwrap().is_none(), "no stub rows");
+    assert_eq!(e.metric(r#"chat21_rejections_total{reason="ignored"}"#).await, 1.0);
+}
+
+#[tokio::test]
+async fn receipt_flow_sqlite() {
+    receipt_flow(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn receipt_flow_postgres() {
+    receipt_flow(Db::Postgres).await;
+}
+
+/// Conversation update (§6): only `is_new` is taken, stored, and echoed to the user's devices.
+async fn conversation_update_flow(db: Db) {
+    let b = broker();
+    let e = engine_with(b, db).await;
+    let (u1, u2) = (fresh("u"), fresh("u"));
+    send(b, &e, &u1, &u2, json!({"text": "hi"})).await;
+    let store = open_store(&e.database_url).await;
+    eventually("conversation", || async {
+        let c = store.conversations(&u2, false).await.unwrap();
+        (c.len() == 1 && c[0].is_new).then_some(())
+    })
+    .await;
+    let mut c2 = Mqtt::connect(b, &e.app, &u2, Via::Tcp).await;
+    c2.subscribe_inbox().await;
+    let body = br#"{"is_new":false,"last_message_text":"hijacked","archived":true}"#;
+    c2.publish_acked(&e.topics().conversation_update(&e.app, &u2, &u1), body)
+        .await
+        .unwrap();
+    let got = c2.messages(1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].0,
+        format!("apps/{}/users/{u2}/conversations/{u1}/clientupdated", e.app)
+    );
+    assert_eq!(got[0].1, json!({"is_new": false, "timelineOf": u2, "conversWith": u1}));
+    let conv = eventually("is_new false", || async {
+        let c = store.conversations(&u2, false).await.unwrap();
+        (c.len() == 1 && !c[0].is_new).then(|| c[0].clone())
+    })
+    .await;
+    assert_eq!(
+        conv.last_message_text.as_deref(),
+        Some("hi"),
+        "nothing but is_new is taken"
+    );
+    assert!(!conv.archived);
+}
+
+#[tokio::test]
+async fn conversation_update_flow_sqlite() {
+    conversation_update_flow(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn conversation_update_flow_postgres() {
+    conversation_update_flow(Db::Postgres).await;
+}

@@ -1,0 +1,63 @@
+//! I3, conversation update (PROTOCOL §6): only `is_new` is taken from the payload (fix D7:
+//! the original copied the whole payload into the conversation).
+
+use serde_json::{json, Value};
+
+use crate::message::RejectReason;
+use crate::plan::{Plan, Publish, Write};
+use crate::topic::Topics;
+
+pub(super) fn update(topics: &Topics, app: &str, me: &str, with: &str, body: &[u8]) -> Result<Plan, RejectReason> {
+    let payload = super::json_object(body)?;
+    let Some(is_new) = payload.get("is_new").and_then(Value::as_bool) else {
+        return Err(RejectReason::Ignored);
+    };
+    let key = topics.conversation_updated(app, me, with)?;
+    let update = json!({"is_new": is_new, "timelineOf": me, "conversWith": with});
+    Ok(Plan {
+        publishes: vec![Publish {
+            key,
+            body: update.to_string().into_bytes(),
+            persistent: true,
+            copy: None,
+        }],
+        writes: vec![Write::ConversationIsNew {
+            timeline_of: me.into(),
+            convers_with: with.into(),
+            is_new,
+        }],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_is_new_is_taken() {
+        let t = Topics::chat21("app");
+        let p = update(
+            &t,
+            "app",
+            "U1",
+            "U2",
+            br#"{"is_new":false,"text":"hijack","archived":true}"#,
+        )
+        .unwrap();
+        assert_eq!(p.publishes[0].key, "apps.app.users.U1.conversations.U2.clientupdated");
+        let body: Value = serde_json::from_slice(&p.publishes[0].body).unwrap();
+        assert_eq!(body, json!({"is_new": false, "timelineOf": "U1", "conversWith": "U2"}));
+        assert_eq!(
+            p.writes,
+            vec![Write::ConversationIsNew {
+                timeline_of: "U1".into(),
+                convers_with: "U2".into(),
+                is_new: false
+            }]
+        );
+        assert_eq!(
+            update(&t, "app", "U1", "U2", br#"{"is_new":"no"}"#).unwrap_err(),
+            RejectReason::Ignored
+        );
+    }
+}
