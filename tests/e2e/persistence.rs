@@ -99,38 +99,13 @@ async fn idempotent_and_newest_wins(db: Db) {
     let b = broker();
     let e = engine_with(b, db).await;
     let (u1, u2) = (fresh("u"), fresh("u"));
-    send(
-        b,
-        &e,
-        &u1,
-        &u2,
-        json!({"text": "new", "message_id": "m2", "timestamp": 2000}),
-    )
-    .await;
-    send(
-        b,
-        &e,
-        &u1,
-        &u2,
-        json!({"text": "new", "message_id": "m2", "timestamp": 2000}),
-    )
-    .await;
-    send(
-        b,
-        &e,
-        &u1,
-        &u2,
-        json!({"text": "old", "message_id": "m1", "timestamp": 1000}),
-    )
-    .await;
-    send(
-        b,
-        &e,
-        &u1,
-        &u2,
-        json!({"text": "quiet", "message_id": "m3", "timestamp": 3000, "attributes": {"updateconversation": false}}),
-    )
-    .await;
+    let new = json!({"text": "new", "message_id": "m2", "timestamp": 2000});
+    let old = json!({"text": "old", "message_id": "m1", "timestamp": 1000});
+    let quiet =
+        json!({"text": "quiet", "message_id": "m3", "timestamp": 3000, "attributes": {"updateconversation": false}});
+    for body in [new.clone(), new, old, quiet] {
+        send(b, &e, &u1, &u2, body).await;
+    }
     let store = open_store(&e.database_url).await;
     let rows = eventually("three messages", || async {
         let r = store.messages(&u2, &u1, 10).await.unwrap();
