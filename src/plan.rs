@@ -48,6 +48,42 @@ pub enum Write {
         convers_with: String,
         is_new: bool,
     },
+    /// Archive a conversation (§6); the store hands the archived conversation back so its
+    /// publishes can follow the commit.
+    Archive {
+        app: String,
+        timeline_of: String,
+        convers_with: String,
+    },
+}
+
+/// What committing one input's writes revealed, for the publishes that follow the commit.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Committed {
+    /// Conversations this input archived, as Chat21 conversation objects.
+    pub archived: Vec<Map<String, Value>>,
+    /// (timeline_of, convers_with) of archived conversations a new message un-archived.
+    pub unarchived: Vec<(String, String)>,
+}
+
+/// A conversation object as Chat21 clients read it: the last message's fields plus the
+/// conversation's own (`last_message_text`, `key`, `timelineOf`, `conversWith`, …).
+pub fn conversation_object(
+    timeline_of: &str,
+    convers_with: &str,
+    last: &Map<String, Value>,
+    is_new: bool,
+    archived: bool,
+) -> Map<String, Value> {
+    let mut c = last.clone();
+    let text = last.get("text").cloned().unwrap_or(Value::Null);
+    c.insert("last_message_text".into(), text);
+    c.insert("key".into(), convers_with.into());
+    c.insert("timelineOf".into(), timeline_of.into());
+    c.insert("conversWith".into(), convers_with.into());
+    c.insert("is_new".into(), is_new.into());
+    c.insert("archived".into(), archived.into());
+    c
 }
 
 /// The effects of one input, in the order they must be published.

@@ -138,6 +138,7 @@ impl Topics {
                 format!("apps.{app}.outgoing.users.*.messages.*.outgoing"),
                 format!("apps.{app}.users.*.messages.*.*.update"),
                 format!("apps.{app}.users.*.conversations.*.update"),
+                format!("apps.{app}.users.*.conversations.*.archive"),
             ],
             Layout::Seed { seed, .. } => vec![format!("{}.*.*.messages.outgoing", seed.prefix)],
         }
@@ -204,6 +205,37 @@ impl Topics {
         checked(format!(
             "apps.{app}.users.{timeline_of}.conversations.{convers_with}.clientupdated"
         ))
+    }
+
+    /// `apps.{app}.users.{timeline_of}.conversations.{convers_with}.clientdeleted`.
+    pub fn conversation_deleted(
+        &self,
+        app: &str,
+        timeline_of: &str,
+        convers_with: &str,
+    ) -> Result<String, RejectReason> {
+        checked(format!(
+            "apps.{app}.users.{timeline_of}.conversations.{convers_with}.clientdeleted"
+        ))
+    }
+
+    /// `apps.{app}.users.{timeline_of}.archived_conversations.{convers_with}.clientadded`.
+    pub fn archived_added(&self, app: &str, timeline_of: &str, convers_with: &str) -> Result<String, RejectReason> {
+        checked(format!(
+            "apps.{app}.users.{timeline_of}.archived_conversations.{convers_with}.clientadded"
+        ))
+    }
+
+    /// `apps.{app}.users.{timeline_of}.archived_conversations.{convers_with}.clientdeleted`.
+    pub fn archived_deleted(&self, app: &str, timeline_of: &str, convers_with: &str) -> Result<String, RejectReason> {
+        checked(format!(
+            "apps.{app}.users.{timeline_of}.archived_conversations.{convers_with}.clientdeleted"
+        ))
+    }
+
+    /// The key a user archives a conversation with (clients and tests).
+    pub fn archive(&self, app: &str, me: &str, with: &str) -> String {
+        format!("apps.{app}.users.{me}.conversations.{with}.archive")
     }
 
     /// The key a user publishes a receipt on (clients and tests).

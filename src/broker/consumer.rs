@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use super::acks::AckTracker;
 use super::{topology, BrokerError, EXCHANGE};
 use crate::metrics::Outcome;
-use crate::plan::{Context, Plan};
+use crate::plan::{Committed, Context, Plan, Publish};
 use crate::store::writer::Writer;
 use crate::Engine;
 
@@ -187,6 +187,22 @@ impl Session<'_> {
         };
         self.make_room(plan.publishes.len()).await?;
         let writes = std::mem::take(&mut plan.writes);
+        // What the publishes that may follow the commit (archive, un-archive) are built from.
+        let followup = (self.writer.is_some() && !writes.is_empty()).then(|| FollowUp {
+            topics: engine.topics.clone(),
+            channel: self.publish_ch.clone(),
+            copies: plan
+                .publishes
+                .iter()
+                .filter(|p| p.copy.is_some())
+                .map(|p| Publish {
+                    key: String::new(),
+                    body: Vec::new(),
+                    persistent: p.persistent,
+                    copy: p.copy.clone(),
+                })
+                .collect(),
+        });
         let sends = self.publish(plan).await?;
         // Writes go to the group-commit writer while the confirms are on their way.
         let committed = match (self.writer, writes.is_empty()) {
@@ -214,7 +230,11 @@ impl Session<'_> {
             if let Some(committed) = committed {
                 // Acked only after the writes are committed (§12); a closed writer means
                 // shutdown: leave the input unacked for the next engine.
-                all_acked &= committed.await.is_ok();
+                match (committed.await, followup) {
+                    (Ok(c), Some(f)) => all_acked &= f.publish(&c).await,
+                    (Ok(_), None) => {}
+                    (Err(_), _) => all_acked = false,
+                }
             }
             Settled {
                 tag,
@@ -297,6 +317,37 @@ impl Session<'_> {
             acker.ack(BasicAckOptions { multiple: true }).await?;
         }
         Ok(())
+    }
+}
+
+/// Publishes that depend on what a commit changed (PROTOCOL §6 archive and un-archive).
+struct FollowUp {
+    topics: crate::topic::Topics,
+    channel: Channel,
+    copies: Vec<Publish>,
+}
+
+impl FollowUp {
+    /// Publish and wait for the confirms; true when every one was confirmed.
+    async fn publish(self, committed: &Committed) -> bool {
+        let mut ok = true;
+        for p in crate::handlers::after_commit(&self.topics, &self.copies, committed) {
+            let props = BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2);
+            let sent = self.channel.basic_publish(
+                EXCHANGE.into(),
+                p.key.as_str().into(),
+                BasicPublishOptions::default(),
+                &p.body,
+                props,
+            );
+            ok &= match sent.await {
+                Ok(confirm) => matches!(confirm.await, Ok(Confirmation::Ack(_))),
+                Err(_) => false,
+            };
+        }
+        ok
     }
 }
 

@@ -1,5 +1,6 @@
 //! Pure handlers: one typed input + its body → a [`Plan`] or a rejection. No I/O here.
 
+mod archive;
 mod conversation;
 mod receipt;
 mod send;
@@ -8,6 +9,7 @@ use crate::message::RejectReason;
 use crate::plan::{Context, Plan};
 use crate::topic::{Inbound, Topics};
 
+pub use archive::after_commit;
 pub use send::is_group_message;
 
 /// Decide what one input does.
@@ -21,6 +23,7 @@ pub fn handle(topics: &Topics, inbound: &Inbound, body: &[u8], ctx: &Context) ->
             message_id,
         } => receipt::receipt(topics, app, me, with, message_id, body),
         Inbound::ConversationUpdate { app, me, with } => conversation::update(topics, app, me, with, body),
+        Inbound::Archive { app, me, with } => archive::archive(app, me, with),
         // Parsed (the grammar is complete) but not bound yet: later issues add them.
         _ => Err(RejectReason::Unsupported),
     }

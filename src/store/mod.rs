@@ -67,6 +67,15 @@ pub struct Store {
     backend: &'static str,
 }
 
+/// What a committed batch changed that publishes depend on.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Conversations archived by this batch, as conversation objects.
+    pub archived: std::collections::HashMap<(String, String), Map<String, Value>>,
+    /// Archived conversations that a new message in this batch un-archived.
+    pub unarchived: std::collections::HashSet<(String, String)>,
+}
+
 /// One message row, for history reads.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredMessage {
@@ -135,10 +144,16 @@ impl Store {
 
     /// Apply writes in one transaction (all or nothing), as few multi-row statements as
     /// possible: a statement costs a round trip (a thread hop for SQLite), a row almost nothing.
-    pub async fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
+    pub async fn apply(&self, writes: &[Write]) -> Result<Applied, StoreError> {
         let (messages, conversations, updates) = coalesce(writes);
+        let mut applied = Applied::default();
         let mut tx = self.pool.begin().await?;
         let positional = self.backend == "sqlite";
+        for chunk in statement_chunks(&conversations) {
+            applied
+                .unarchived
+                .extend(archived_among(&mut tx, positional, chunk).await?);
+        }
         for chunk in statement_chunks(&messages) {
             insert_messages(&mut tx, positional, chunk).await?;
         }
@@ -147,10 +162,12 @@ impl Store {
         }
         // After the inserts: a receipt committed with its message in one batch still applies.
         for w in updates {
-            update_row(&mut tx, w).await?;
+            if let Some((key, conversation)) = update_row(&mut tx, w).await? {
+                applied.archived.insert(key, conversation);
+            }
         }
         tx.commit().await?;
-        Ok(())
+        Ok(applied)
     }
 
     /// A conversation's messages, newest first.
@@ -252,7 +269,7 @@ fn coalesce(writes: &[Write]) -> Coalesced<'_> {
     let mut updates = Vec::new();
     for w in writes {
         match w {
-            Write::MessageStatus { .. } | Write::ConversationIsNew { .. } => updates.push(w),
+            Write::MessageStatus { .. } | Write::ConversationIsNew { .. } | Write::Archive { .. } => updates.push(w),
             Write::Message(c) => {
                 if seen.insert((c.timeline_of.as_str(), str_ref(&c.message, "message_id"))) {
                     messages.push(c);
@@ -275,8 +292,39 @@ fn coalesce(writes: &[Write]) -> Coalesced<'_> {
     (messages, conversations, updates)
 }
 
+/// Which of these conversation copies will un-archive their conversation: it is archived and
+/// the copy is not older than its last message (older ones do not touch the row).
+async fn archived_among(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    positional: bool,
+    rows: &[&TimelineCopy],
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    let sql = format!(
+        "SELECT timeline_of, convers_with, timestamp FROM conversations WHERE archived = TRUE AND timeline_of IN {}",
+        placeholders(positional, 1, rows.len(), None)
+    );
+    let mut q = sqlx::query(&sql);
+    for c in rows {
+        q = q.bind(c.timeline_of.clone());
+    }
+    let found = q.fetch_all(&mut **tx).await?;
+    let mut out = Vec::new();
+    for r in found {
+        let (t, w, ts): (String, String, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+        let wins = rows
+            .iter()
+            .any(|c| c.timeline_of == t && c.convers_with == w && int_field(&c.message, "timestamp") >= ts);
+        if wins {
+            out.push((t, w));
+        }
+    }
+    Ok(out)
+}
+
+type Archived = Option<((String, String), Map<String, Value>)>;
+
 /// Single-row updates, in input order. They touch only rows that exist (no stub rows).
-async fn update_row(tx: &mut sqlx::Transaction<'_, sqlx::Any>, w: &Write) -> Result<(), sqlx::Error> {
+async fn update_row(tx: &mut sqlx::Transaction<'_, sqlx::Any>, w: &Write) -> Result<Archived, sqlx::Error> {
     match w {
         Write::MessageStatus {
             timeline_of,
@@ -303,9 +351,35 @@ async fn update_row(tx: &mut sqlx::Transaction<'_, sqlx::Any>, w: &Write) -> Res
                 .execute(&mut **tx)
                 .await?;
         }
+        Write::Archive {
+            timeline_of,
+            convers_with,
+            ..
+        } => {
+            sqlx::query("UPDATE conversations SET archived = TRUE WHERE timeline_of = $1 AND convers_with = $2")
+                .bind(timeline_of.as_str())
+                .bind(convers_with.as_str())
+                .execute(&mut **tx)
+                .await?;
+            let row = sqlx::query(
+                "SELECT body, CAST(CASE WHEN is_new THEN 1 ELSE 0 END AS BIGINT) AS is_new FROM conversations \
+                 WHERE timeline_of = $1 AND convers_with = $2",
+            )
+            .bind(timeline_of.as_str())
+            .bind(convers_with.as_str())
+            .fetch_optional(&mut **tx)
+            .await?;
+            if let Some(r) = row {
+                let body: String = r.try_get("body")?;
+                let last: Map<String, Value> = serde_json::from_str(&body).unwrap_or_default();
+                let conv =
+                    crate::plan::conversation_object(timeline_of, convers_with, &last, get_bool(&r, "is_new")?, true);
+                return Ok(Some(((timeline_of.clone(), convers_with.clone()), conv)));
+            }
+        }
         Write::Message(_) | Write::Conversation(_) => {}
     }
-    Ok(())
+    Ok(None)
 }
 
 fn str_ref<'a>(m: &'a Map<String, Value>, k: &str) -> &'a str {

@@ -9,16 +9,49 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-use super::Store;
+use super::{Applied, Store};
 use crate::metrics::Metrics;
-use crate::plan::Write;
+use crate::plan::{Committed, Write};
 
 /// Most writes folded into one transaction.
 const MAX_BATCH_WRITES: usize = 4096;
 
 struct Job {
     writes: Vec<Write>,
-    done: oneshot::Sender<()>,
+    done: oneshot::Sender<Committed>,
+}
+
+impl Job {
+    fn archives(&self) -> bool {
+        self.writes.iter().any(|w| matches!(w, Write::Archive { .. }))
+    }
+
+    /// This job's share of what the batch changed (an un-archive goes to the first job that
+    /// wrote to that conversation).
+    fn committed(&self, applied: &mut Applied) -> Committed {
+        let mut c = Committed::default();
+        for w in &self.writes {
+            match w {
+                Write::Archive {
+                    timeline_of,
+                    convers_with,
+                    ..
+                } => {
+                    if let Some(conv) = applied.archived.remove(&(timeline_of.clone(), convers_with.clone())) {
+                        c.archived.push(conv);
+                    }
+                }
+                Write::Conversation(copy) => {
+                    let key = (copy.timeline_of.clone(), copy.convers_with.clone());
+                    if applied.unarchived.remove(&key) {
+                        c.unarchived.push(key);
+                    }
+                }
+                _ => {}
+            }
+        }
+        c
+    }
 }
 
 /// Handle to the writer task.
@@ -37,7 +70,7 @@ impl Writer {
 
     /// Queue writes; the receiver resolves once they are committed. If the writer is gone
     /// (shutdown) the receiver errors and the input is not acked.
-    pub async fn submit(&self, writes: Vec<Write>) -> oneshot::Receiver<()> {
+    pub async fn submit(&self, writes: Vec<Write>) -> oneshot::Receiver<Committed> {
         let (done, rx) = oneshot::channel();
         let _ = self.tx.send(Job { writes, done }).await;
         rx
@@ -53,7 +86,9 @@ async fn run(store: Store, metrics: Arc<Metrics>, mut rx: mpsc::Receiver<Job>) {
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
         let mut count = jobs[0].writes.len();
-        while count < MAX_BATCH_WRITES {
+        // An archive ends its batch: the batch's upserts run before its updates, and a message
+        // that arrived after the archive must un-archive again, so it goes in the next batch.
+        while count < MAX_BATCH_WRITES && !jobs.last().is_some_and(Job::archives) {
             match rx.try_recv() {
                 Ok(job) => {
                     count += job.writes.len();
@@ -62,15 +97,15 @@ async fn run(store: Store, metrics: Arc<Metrics>, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let writes: Vec<Write> = jobs.iter_mut().flat_map(|j| std::mem::take(&mut j.writes)).collect();
+        let writes: Vec<Write> = jobs.iter().flat_map(|j| j.writes.iter().cloned()).collect();
         let mut delays = backoff.build();
-        loop {
+        let mut applied = loop {
             let started = std::time::Instant::now();
             match store.apply(&writes).await {
-                Ok(()) => {
+                Ok(applied) => {
                     metrics.committed(jobs.len(), started.elapsed().as_secs_f64());
                     metrics.set_store_ok(true);
-                    break;
+                    break applied;
                 }
                 Err(e) => {
                     if metrics.store_ok() {
@@ -80,9 +115,10 @@ async fn run(store: Store, metrics: Arc<Metrics>, mut rx: mpsc::Receiver<Job>) {
                     tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
                 }
             }
-        }
+        };
         for job in jobs {
-            let _ = job.done.send(());
+            let committed = job.committed(&mut applied);
+            let _ = job.done.send(committed);
         }
     }
 }

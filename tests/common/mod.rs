@@ -310,6 +310,9 @@ pub enum Via {
 pub struct Mqtt {
     pub client: AsyncClient,
     pub rx: mpsc::UnboundedReceiver<Ev>,
+    /// Messages that arrived while waiting for a SUBACK or PUBACK (an engine copy can beat
+    /// the PUBACK of the publish that caused it); `messages` returns them first.
+    stash: std::collections::VecDeque<(String, Value)>,
     pub user: String,
     pub app: String,
     task: tokio::task::JoinHandle<()>,
@@ -384,6 +387,7 @@ impl Mqtt {
         let mut m = Mqtt {
             client,
             rx,
+            stash: Default::default(),
             user: user.to_string(),
             app: app.to_string(),
             task,
@@ -415,6 +419,7 @@ impl Mqtt {
                 Some(Ev::SubAck) => return Ok(()),
                 Some(Ev::Error(e)) => return Err(e),
                 None => return Err("no SUBACK".into()),
+                Some(Ev::Msg { topic, body }) if is_engine_output(&topic) => self.stash.push_back((topic, body)),
                 Some(_) => {}
             }
         }
@@ -438,19 +443,27 @@ impl Mqtt {
                 Some(Ev::PubAck(_)) => return Ok(()),
                 Some(Ev::Error(e)) => return Err(e),
                 None => return Err("no PUBACK".into()),
+                Some(Ev::Msg { topic, body }) if is_engine_output(&topic) => self.stash.push_back((topic, body)),
                 Some(_) => {}
             }
         }
     }
 
-    /// Collect `n` inbox messages (within `within`), in arrival order.
+    /// Collect `n` engine outputs (within `within`), in arrival order. A client subscribed to
+    /// its whole inbox also receives its own commands back (`…update`, `…archive`: MQTT 3.1.1
+    /// has no no-local), as Chat21 clients do; like them, only `client*` topics count here.
     pub async fn messages(&mut self, n: usize, within: Duration) -> Vec<(String, Value)> {
         let deadline = Instant::now() + within;
         let mut out = Vec::new();
         while out.len() < n {
+            if let Some(m) = self.stash.pop_front() {
+                out.push(m);
+                continue;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             match self.next_event(left).await {
-                Some(Ev::Msg { topic, body }) => out.push((topic, body)),
+                Some(Ev::Msg { topic, body }) if is_engine_output(&topic) => out.push((topic, body)),
+                Some(Ev::Msg { .. }) => {}
                 Some(Ev::Error(e)) => panic!(
                     "MQTT connection of {} failed while waiting for messages: {e}",
                     self.user
@@ -466,6 +479,12 @@ impl Mqtt {
     pub async fn extra_messages(&mut self, within: Duration) -> Vec<(String, Value)> {
         self.messages(usize::MAX, within).await
     }
+}
+
+fn is_engine_output(topic: &str) -> bool {
+    ["clientadded", "clientupdated", "clientdeleted"]
+        .iter()
+        .any(|s| topic.ends_with(s))
 }
 
 impl Drop for Mqtt {

@@ -367,3 +367,75 @@ async fn conversation_update_flow_sqlite() {
 async fn conversation_update_flow_postgres() {
     conversation_update_flow(Db::Postgres).await;
 }
+
+/// Archive (§6): `clientdeleted` then `archived_conversations…clientadded` with the whole
+/// conversation (incl. `last_message_text`); a new message un-archives it and says so on
+/// `archived_conversations…clientdeleted`.
+async fn archive_and_unarchive_flow(db: Db) {
+    let b = broker();
+    let e = engine_with(b, db).await;
+    let (u1, u2) = (fresh("u"), fresh("u"));
+    let app = e.app.clone();
+    send(b, &e, &u2, &u1, json!({"text": "hello", "timestamp": 1000})).await;
+    let store = open_store(&e.database_url).await;
+    eventually("conversation", || async {
+        (store.conversations(&u1, false).await.unwrap().len() == 1).then_some(())
+    })
+    .await;
+
+    let mut c1 = Mqtt::connect(b, &app, &u1, Via::Tcp).await;
+    c1.subscribe_inbox().await;
+    c1.publish_acked(&e.topics().archive(&app, &u1, &u2), b"{}")
+        .await
+        .unwrap();
+    let got = c1.messages(2, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 2, "log:\n{}", e.log_text());
+    assert_eq!(
+        got[0].0,
+        format!("apps/{app}/users/{u1}/conversations/{u2}/clientdeleted")
+    );
+    assert_eq!(
+        got[1].0,
+        format!("apps/{app}/users/{u1}/archived_conversations/{u2}/clientadded")
+    );
+    for (_, conv) in &got {
+        assert_eq!(conv["last_message_text"], "hello");
+        assert_eq!(conv["archived"], true);
+        assert_eq!(conv["key"], u2.as_str());
+        assert_eq!(conv["timelineOf"], u1.as_str());
+        assert_eq!(conv["conversWith"], u2.as_str());
+        assert_eq!(conv["sender"], u2.as_str());
+    }
+    assert!(store.conversations(&u1, false).await.unwrap().is_empty());
+    assert_eq!(store.conversations(&u1, true).await.unwrap().len(), 1);
+
+    // A new message in the archived conversation un-archives it.
+    send(b, &e, &u2, &u1, json!({"text": "again", "timestamp": 2000})).await;
+    let got = c1.messages(2, Duration::from_secs(10)).await;
+    let unarchived: Vec<_> = got
+        .iter()
+        .filter(|(t, _)| t.contains("archived_conversations"))
+        .collect();
+    assert_eq!(unarchived.len(), 1, "{got:?}");
+    assert_eq!(
+        unarchived[0].0,
+        format!("apps/{app}/users/{u1}/archived_conversations/{u2}/clientdeleted")
+    );
+    assert_eq!(unarchived[0].1["last_message_text"], "again");
+    assert_eq!(unarchived[0].1["archived"], false);
+    let active = store.conversations(&u1, false).await.unwrap();
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0].last_message_text.as_deref(), Some("again"));
+    // The sender's conversation was never archived: no un-archive noise for it.
+    assert!(store.conversations(&u2, true).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn archive_and_unarchive_flow_sqlite() {
+    archive_and_unarchive_flow(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn archive_and_unarchive_flow_postgres() {
+    archive_and_unarchive_flow(Db::Postgres).await;
+}

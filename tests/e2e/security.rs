@@ -20,7 +20,14 @@ async fn mqtt_user_can_use_own_topics_only() {
     c1.publish_acked(&t.outgoing(&u1, &u2), br#"{"text":"mine"}"#)
         .await
         .unwrap();
-    assert_eq!(c1.messages(1, Duration::from_secs(10)).await.len(), 1, "own copy");
+    let own = c1.messages(1, Duration::from_secs(15)).await;
+    assert_eq!(
+        own.len(),
+        1,
+        "own copy; metrics:\n{}\nlog:\n{}",
+        engine.metrics().await,
+        engine.log_text()
+    );
 
     // Refused: publishing as another user (the broker closes the connection, routes nothing).
     let mut c = Mqtt::connect(b, &app, &u1, Via::Tcp).await;
