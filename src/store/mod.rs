@@ -562,6 +562,13 @@ mod tests {
         assert_eq!(convs.len(), 1);
         assert_eq!(convs[0].last_message_text.as_deref(), Some("new"));
         assert!(convs[0].is_new);
+        // Every §11 table exists with its key.
+        for table in ["groups", "blocks", "presence"] {
+            sqlx::query(&format!("SELECT COUNT(*) FROM {table}"))
+                .execute(&store.pool)
+                .await
+                .unwrap();
+        }
         // Reopening runs the migrations again: a no-op.
         store.close().await;
         let again = Store::open(&Backend::Sqlite {
