@@ -11,8 +11,8 @@
 #
 # start reads (all optional): JWT_SECRET (default: a random one, printed), JWT_KID
 # (tiledesk-key), AMQP_PORT, MQTT_PORT, WS_PORT, DIST_PORT, EPMD_PORT (default: free ports),
-# WATCH_PID (stop the node when that process exits: test harnesses use it so a crashed test
-# never leaves a node behind). Settings are kept in DIR/node.env for stop/restart.
+# WATCH_PID (stop the node and remove DIR when that process exits: test harnesses use it so
+# a crashed test never leaves a node behind; KEEP_DIR=1 keeps DIR). Settings are kept in DIR/node.env for stop/restart.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -132,11 +132,14 @@ ENV
     "$RMQ_BIN/rabbitmqctl" -n "$NODE" -q set_user_tags chat21 administrator > /dev/null
     "$RMQ_BIN/rabbitmqctl" -n "$NODE" -q set_permissions -p / chat21 '.*' '.*' '.*' > /dev/null
     if [[ -n "${WATCH_PID:-}" ]]; then
-      # Reaper: stop the node when the watched process is gone, whatever way it ended.
+      # Reaper: stop the node when the watched process is gone, whatever way it ended, and
+      # remove its directory (the watcher's own temp-dir cleanup may never run: test
+      # harnesses keep the node in a static). KEEP_DIR=1 keeps it for post-mortems.
       (
         trap '' HUP
         while kill -0 "$WATCH_PID" 2> /dev/null && [[ -f "$dir/node.env" ]]; do sleep 1; done
         [[ -f "$dir/node.env" ]] && "$0" stop "$dir"
+        [[ "${KEEP_DIR:-0}" == 1 ]] || rm -rf "$dir"
       ) > /dev/null 2>&1 < /dev/null &
       disown
     fi
