@@ -28,7 +28,8 @@ use topic::Topics;
 /// What every part of the running engine shares.
 pub struct Engine {
     pub config: Config,
-    pub topics: Topics,
+    /// Shared (not cloned) by the futures that publish after a commit.
+    pub topics: Arc<Topics>,
     pub chain: policy::Chain,
     pub metrics: Arc<Metrics>,
 }
@@ -39,7 +40,7 @@ impl Engine {
         let chain = policy::Chain::new(config.store.is_some());
         Ok(Arc::new(Engine {
             config,
-            topics,
+            topics: Arc::new(topics),
             chain,
             metrics: Metrics::new(),
         }))

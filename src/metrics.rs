@@ -164,8 +164,8 @@ impl Metrics {
         self.broker_connected.load(Ordering::Relaxed)
     }
 
-    /// A batch holding `inputs` inputs' writes committed in `seconds`.
-    pub fn committed(&self, _inputs: usize, seconds: f64) {
+    /// A batch of writes committed in `seconds`.
+    pub fn committed(&self, seconds: f64) {
         self.commits.inc();
         self.commit_latency.observe(seconds);
     }

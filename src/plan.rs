@@ -16,6 +16,20 @@ pub struct Publish {
     pub copy: Option<TimelineCopy>,
 }
 
+impl Publish {
+    /// A persistent JSON notification that is not a message copy (receipts, conversation
+    /// events).
+    pub fn json(key: String, body: &impl serde::Serialize) -> Publish {
+        // Serializing JSON values and maps cannot fail.
+        Publish {
+            key,
+            body: serde_json::to_vec(body).unwrap_or_default(),
+            persistent: true,
+            copy: None,
+        }
+    }
+}
+
 /// A message copy in `timeline_of`'s conversation with `convers_with`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TimelineCopy {
@@ -62,8 +76,8 @@ pub enum Write {
 pub struct Committed {
     /// Conversations this input archived, as Chat21 conversation objects.
     pub archived: Vec<Map<String, Value>>,
-    /// (timeline_of, convers_with) of archived conversations a new message un-archived.
-    pub unarchived: Vec<(String, String)>,
+    /// Archived conversations a new message of this input un-archived, as they are now.
+    pub unarchived: Vec<Map<String, Value>>,
 }
 
 /// A conversation object as Chat21 clients read it: the last message's fields plus the

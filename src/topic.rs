@@ -73,11 +73,23 @@ impl Inbound {
     }
 }
 
+/// Which conversation list changed, and how (see [`Topics::conversation_event`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConversationEvent {
+    /// `conversations.{with}.clientupdated`
+    Updated,
+    /// `conversations.{with}.clientdeleted` (archived: it leaves the active list)
+    Deleted,
+    /// `archived_conversations.{with}.clientadded`
+    ArchivedAdded,
+    /// `archived_conversations.{with}.clientdeleted` (un-archived)
+    ArchivedDeleted,
+}
+
 /// The seed layout's prefix, already converted to AMQP words.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seed {
     prefix: String,
-    words: usize,
 }
 
 impl Seed {
@@ -91,8 +103,7 @@ impl Seed {
             return Err(format!("{path_prefix:?} may not contain . + # * or whitespace"));
         }
         let prefix = mqtt_to_amqp(trimmed);
-        let words = prefix.split('.').count();
-        Ok(Seed { prefix, words })
+        Ok(Seed { prefix })
     }
 }
 
@@ -195,42 +206,22 @@ impl Topics {
         ))
     }
 
-    /// `apps.{app}.users.{timeline_of}.conversations.{convers_with}.clientupdated`.
-    pub fn conversation_updated(
+    /// What the engine tells a user's devices about one of its conversations (§6):
+    /// `apps.{app}.users.{timeline_of}.{conversations|archived_conversations}.{convers_with}.{event}`.
+    pub fn conversation_event(
         &self,
         app: &str,
         timeline_of: &str,
         convers_with: &str,
+        event: ConversationEvent,
     ) -> Result<String, RejectReason> {
-        checked(format!(
-            "apps.{app}.users.{timeline_of}.conversations.{convers_with}.clientupdated"
-        ))
-    }
-
-    /// `apps.{app}.users.{timeline_of}.conversations.{convers_with}.clientdeleted`.
-    pub fn conversation_deleted(
-        &self,
-        app: &str,
-        timeline_of: &str,
-        convers_with: &str,
-    ) -> Result<String, RejectReason> {
-        checked(format!(
-            "apps.{app}.users.{timeline_of}.conversations.{convers_with}.clientdeleted"
-        ))
-    }
-
-    /// `apps.{app}.users.{timeline_of}.archived_conversations.{convers_with}.clientadded`.
-    pub fn archived_added(&self, app: &str, timeline_of: &str, convers_with: &str) -> Result<String, RejectReason> {
-        checked(format!(
-            "apps.{app}.users.{timeline_of}.archived_conversations.{convers_with}.clientadded"
-        ))
-    }
-
-    /// `apps.{app}.users.{timeline_of}.archived_conversations.{convers_with}.clientdeleted`.
-    pub fn archived_deleted(&self, app: &str, timeline_of: &str, convers_with: &str) -> Result<String, RejectReason> {
-        checked(format!(
-            "apps.{app}.users.{timeline_of}.archived_conversations.{convers_with}.clientdeleted"
-        ))
+        let (list, verb) = match event {
+            ConversationEvent::Updated => ("conversations", "clientupdated"),
+            ConversationEvent::Deleted => ("conversations", "clientdeleted"),
+            ConversationEvent::ArchivedAdded => ("archived_conversations", "clientadded"),
+            ConversationEvent::ArchivedDeleted => ("archived_conversations", "clientdeleted"),
+        };
+        checked(format!("apps.{app}.users.{timeline_of}.{list}.{convers_with}.{verb}"))
     }
 
     /// The key a user archives a conversation with (clients and tests).
@@ -253,14 +244,6 @@ impl Topics {
         match &self.layout {
             Layout::Chat21 { app } => format!("apps.{app}.outgoing.users.{sender}.messages.{recipient}.outgoing"),
             Layout::Seed { seed, .. } => format!("{}.{sender}.{recipient}.messages.outgoing", seed.prefix),
-        }
-    }
-
-    /// Number of words of the seed prefix (0 in the chat21 layout); for tests and docs.
-    pub fn prefix_words(&self) -> usize {
-        match &self.layout {
-            Layout::Chat21 { .. } => 0,
-            Layout::Seed { seed, .. } => seed.words,
         }
     }
 }
@@ -347,17 +330,6 @@ pub fn mqtt_to_amqp(topic: &str) -> String {
         .collect()
 }
 
-/// AMQP routing key → MQTT topic (what a client subscribes to).
-pub fn amqp_to_mqtt(key: &str) -> String {
-    key.chars()
-        .map(|c| match c {
-            '.' => '/',
-            '*' => '+',
-            c => c,
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,7 +405,6 @@ mod tests {
     #[test]
     fn seed_layout_with_leading_slash() {
         let t = Topics::seed("tilechat", "/apps/tilechat/users").unwrap();
-        assert_eq!(t.prefix_words(), 4);
         assert_eq!(
             t.bindings(),
             vec![".apps.tilechat.users.*.*.messages.outgoing".to_string()]
@@ -466,10 +437,6 @@ mod tests {
     #[test]
     fn mqtt_conversion() {
         assert_eq!(mqtt_to_amqp("/apps/t/users/+/x"), ".apps.t.users.*.x");
-        assert_eq!(
-            amqp_to_mqtt("apps.t.users.U.messages.*.clientadded"),
-            "apps/t/users/U/messages/+/clientadded"
-        );
     }
 
     #[test]

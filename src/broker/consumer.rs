@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use super::acks::AckTracker;
 use super::{topology, BrokerError, EXCHANGE};
 use crate::metrics::Outcome;
-use crate::plan::{Committed, Context, Plan, Publish};
+use crate::plan::{Committed, Context, Plan};
 use crate::store::writer::Writer;
 use crate::Engine;
 
@@ -187,21 +187,10 @@ impl Session<'_> {
         };
         self.make_room(plan.publishes.len()).await?;
         let writes = std::mem::take(&mut plan.writes);
-        // What the publishes that may follow the commit (archive, un-archive) are built from.
+        // The publishes that may follow the commit (archive, un-archive) need these.
         let followup = (self.writer.is_some() && !writes.is_empty()).then(|| FollowUp {
             topics: engine.topics.clone(),
             channel: self.publish_ch.clone(),
-            copies: plan
-                .publishes
-                .iter()
-                .filter(|p| p.copy.is_some())
-                .map(|p| Publish {
-                    key: String::new(),
-                    body: Vec::new(),
-                    persistent: p.persistent,
-                    copy: p.copy.clone(),
-                })
-                .collect(),
         });
         let sends = self.publish(plan).await?;
         // Writes go to the group-commit writer while the confirms are on their way.
@@ -322,16 +311,15 @@ impl Session<'_> {
 
 /// Publishes that depend on what a commit changed (PROTOCOL §6 archive and un-archive).
 struct FollowUp {
-    topics: crate::topic::Topics,
+    topics: std::sync::Arc<crate::topic::Topics>,
     channel: Channel,
-    copies: Vec<Publish>,
 }
 
 impl FollowUp {
     /// Publish and wait for the confirms; true when every one was confirmed.
     async fn publish(self, committed: &Committed) -> bool {
         let mut ok = true;
-        for p in crate::handlers::after_commit(&self.topics, &self.copies, committed) {
+        for p in crate::handlers::after_commit(&self.topics, committed) {
             let props = BasicProperties::default()
                 .with_content_type("application/json".into())
                 .with_delivery_mode(2);

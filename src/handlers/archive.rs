@@ -6,8 +6,8 @@
 use serde_json::Value;
 
 use crate::message::RejectReason;
-use crate::plan::{conversation_object, Committed, Plan, Publish, Write};
-use crate::topic::Topics;
+use crate::plan::{Committed, Plan, Publish, Write};
+use crate::topic::{ConversationEvent, Topics};
 
 /// The payload is ignored (§6).
 pub(super) fn archive(app: &str, me: &str, with: &str) -> Result<Plan, RejectReason> {
@@ -24,40 +24,30 @@ pub(super) fn archive(app: &str, me: &str, with: &str) -> Result<Plan, RejectRea
 /// Publishes that depend on the commit: for an archived conversation, `…conversations.{with}.clientdeleted`
 /// then `…archived_conversations.{with}.clientadded`; for an un-archived one,
 /// `…archived_conversations.{with}.clientdeleted` with the conversation as it is now.
-pub fn after_commit(topics: &Topics, plan_publishes: &[Publish], committed: &Committed) -> Vec<Publish> {
-    let mut out = Vec::new();
-    let publish = |key: Result<String, RejectReason>, body: &serde_json::Map<String, Value>| {
-        key.ok().map(|key| Publish {
-            key,
-            body: serde_json::to_vec(body).unwrap_or_default(),
-            persistent: true,
-            copy: None,
+pub fn after_commit(topics: &Topics, committed: &Committed) -> Vec<Publish> {
+    let events = committed
+        .archived
+        .iter()
+        .flat_map(|c| [(c, ConversationEvent::Deleted), (c, ConversationEvent::ArchivedAdded)])
+        .chain(
+            committed
+                .unarchived
+                .iter()
+                .map(|c| (c, ConversationEvent::ArchivedDeleted)),
+        );
+    events
+        .filter_map(|(conv, event)| {
+            let field = |k: &str| conv.get(k).and_then(Value::as_str).unwrap_or_default();
+            let key = topics.conversation_event(field("app_id"), field("timelineOf"), field("conversWith"), event);
+            key.ok().map(|key| Publish::json(key, conv))
         })
-    };
-    for conv in &committed.archived {
-        let field = |k: &str| conv.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
-        let (app, me, with) = (field("app_id"), field("timelineOf"), field("conversWith"));
-        out.extend(publish(topics.conversation_deleted(&app, &me, &with), conv));
-        out.extend(publish(topics.archived_added(&app, &me, &with), conv));
-    }
-    for (timeline_of, convers_with) in &committed.unarchived {
-        let copy = plan_publishes
-            .iter()
-            .filter_map(|p| p.copy.as_ref())
-            .find(|c| &c.timeline_of == timeline_of && &c.convers_with == convers_with);
-        if let Some(c) = copy {
-            let app = c.message.get("app_id").and_then(Value::as_str).unwrap_or_default();
-            let conv = conversation_object(timeline_of, convers_with, &c.message, c.is_new, false);
-            out.extend(publish(topics.archived_deleted(app, timeline_of, convers_with), &conv));
-        }
-    }
-    out
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::Context;
+    use crate::plan::conversation_object;
     use serde_json::json;
 
     #[test]
@@ -67,7 +57,6 @@ mod tests {
         let conv = conversation_object("U1", "U2", last.as_object().unwrap(), false, true);
         let out = after_commit(
             &t,
-            &[],
             &Committed {
                 archived: vec![conv],
                 unarchived: vec![],
@@ -90,17 +79,15 @@ mod tests {
     #[test]
     fn unarchived_conversation_leaves_the_archive() {
         let t = Topics::chat21("app");
-        let input = t.parse(&t.outgoing("U1", "U2")).unwrap();
-        let ctx = Context {
-            now_ms: 5,
-            fresh_id: &|| "id".into(),
-        };
-        let plan = crate::handlers::handle(&t, &input, br#"{"text":"back"}"#, &ctx).unwrap();
-        let committed = Committed {
-            archived: vec![],
-            unarchived: vec![("U2".into(), "U1".into())],
-        };
-        let out = after_commit(&t, &plan.publishes, &committed);
+        let last = json!({"text": "back", "sender": "U1", "app_id": "app"});
+        let conv = conversation_object("U2", "U1", last.as_object().unwrap(), true, false);
+        let out = after_commit(
+            &t,
+            &Committed {
+                archived: vec![],
+                unarchived: vec![conv],
+            },
+        );
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].key, "apps.app.users.U2.archived_conversations.U1.clientdeleted");
         let body: Value = serde_json::from_slice(&out[0].body).unwrap();

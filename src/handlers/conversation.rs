@@ -5,22 +5,17 @@ use serde_json::{json, Value};
 
 use crate::message::RejectReason;
 use crate::plan::{Plan, Publish, Write};
-use crate::topic::Topics;
+use crate::topic::{ConversationEvent, Topics};
 
 pub(super) fn update(topics: &Topics, app: &str, me: &str, with: &str, body: &[u8]) -> Result<Plan, RejectReason> {
     let payload = super::json_object(body)?;
     let Some(is_new) = payload.get("is_new").and_then(Value::as_bool) else {
         return Err(RejectReason::Ignored);
     };
-    let key = topics.conversation_updated(app, me, with)?;
+    let key = topics.conversation_event(app, me, with, ConversationEvent::Updated)?;
     let update = json!({"is_new": is_new, "timelineOf": me, "conversWith": with});
     Ok(Plan {
-        publishes: vec![Publish {
-            key,
-            body: update.to_string().into_bytes(),
-            persistent: true,
-            copy: None,
-        }],
+        publishes: vec![Publish::json(key, &update)],
         writes: vec![Write::ConversationIsNew {
             timeline_of: me.into(),
             convers_with: with.into(),

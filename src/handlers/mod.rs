@@ -10,7 +10,6 @@ use crate::plan::{Context, Plan};
 use crate::topic::{Inbound, Topics};
 
 pub use archive::after_commit;
-pub use send::is_group_message;
 
 /// Decide what one input does.
 pub fn handle(topics: &Topics, inbound: &Inbound, body: &[u8], ctx: &Context) -> Result<Plan, RejectReason> {

@@ -9,7 +9,7 @@ use crate::topic::Topics;
 
 /// §3: a group message is one with `channel_type == "group"`, or with no `channel_type` and
 /// a recipient containing `group-` (compatibility with clients that omit channel_type).
-pub fn is_group_message(msg: &Map<String, Value>, recipient: &str) -> bool {
+fn is_group_message(msg: &Map<String, Value>, recipient: &str) -> bool {
     match msg.get("channel_type") {
         Some(Value::String(ct)) => ct == "group",
         None | Some(Value::Null) => recipient.contains("group-"),

@@ -144,7 +144,7 @@ impl Store {
 
     /// Apply writes in one transaction (all or nothing), as few multi-row statements as
     /// possible: a statement costs a round trip (a thread hop for SQLite), a row almost nothing.
-    pub async fn apply(&self, writes: &[Write]) -> Result<Applied, StoreError> {
+    pub async fn apply<'a>(&self, writes: impl IntoIterator<Item = &'a Write>) -> Result<Applied, StoreError> {
         let (messages, conversations, updates) = coalesce(writes);
         let mut applied = Applied::default();
         let mut tx = self.pool.begin().await?;
@@ -261,7 +261,7 @@ fn statement_chunks<T>(rows: &[T]) -> Vec<&[T]> {
 /// that touches the same conversation row twice.
 type Coalesced<'a> = (Vec<&'a TimelineCopy>, Vec<&'a TimelineCopy>, Vec<&'a Write>);
 
-fn coalesce(writes: &[Write]) -> Coalesced<'_> {
+fn coalesce<'a>(writes: impl IntoIterator<Item = &'a Write>) -> Coalesced<'a> {
     let mut seen = std::collections::HashSet::new();
     let mut messages = Vec::new();
     let mut conversations: Vec<&TimelineCopy> = Vec::new();

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Applied, Store};
 use crate::metrics::Metrics;
-use crate::plan::{Committed, Write};
+use crate::plan::{conversation_object, Committed, Write};
 
 /// Most writes folded into one transaction.
 const MAX_BATCH_WRITES: usize = 4096;
@@ -44,7 +44,9 @@ impl Job {
                 Write::Conversation(copy) => {
                     let key = (copy.timeline_of.clone(), copy.convers_with.clone());
                     if applied.unarchived.remove(&key) {
-                        c.unarchived.push(key);
+                        let (t, w) = (&copy.timeline_of, &copy.convers_with);
+                        c.unarchived
+                            .push(conversation_object(t, w, &copy.message, copy.is_new, false));
                     }
                 }
                 _ => {}
@@ -97,13 +99,14 @@ async fn run(store: Store, metrics: Arc<Metrics>, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let writes: Vec<Write> = jobs.iter().flat_map(|j| j.writes.iter().cloned()).collect();
+        // Borrowed, not cloned: the jobs keep their writes to be told what the commit changed.
+        let writes: Vec<&Write> = jobs.iter().flat_map(|j| j.writes.iter()).collect();
         let mut delays = backoff.build();
         let mut applied = loop {
             let started = std::time::Instant::now();
-            match store.apply(&writes).await {
+            match store.apply(writes.iter().copied()).await {
                 Ok(applied) => {
-                    metrics.committed(jobs.len(), started.elapsed().as_secs_f64());
+                    metrics.committed(started.elapsed().as_secs_f64());
                     metrics.set_store_ok(true);
                     break applied;
                 }
