@@ -29,6 +29,11 @@ pub const VARIABLES: &[Variable] = &[
     Variable { name: "QUEUE_NAME", default: "chat21.engine", help: "Durable queue the engine consumes (shared by all engine replicas)" },
     Variable { name: "PREFETCH_MESSAGES", default: "1024", help: "Unacked inputs in flight (bounds memory and the publish-confirm window)" },
     Variable { name: "DATABASE_URL", default: "sqlite://./data/chat21.db", help: "Store: sqlite://PATH (embedded, created on first run), postgres://USER:PASS@HOST/DB, or off" },
+    Variable { name: "TRUSTED_SENDERS", default: "system", help: "Comma-separated user ids that may write to stored groups they are not members of (and, later, skip rate limits)" },
+    Variable { name: "MAX_INLINE_GROUP_MEMBERS", default: "100", help: "Most members of an inline (volatile) group in a message's `group.members`; more is rejected too_many_members" },
+    Variable { name: "GROUP_CACHE_SIZE", default: "1000000", help: "Group cache bound, in member slots (a group weighs 1 + its member count)" },
+    Variable { name: "GROUP_CACHE_TTL", default: "5m", help: "How long a cached group (or its absence) is trusted; bounds staleness across engine replicas" },
+    Variable { name: "PRESENCE_ENABLED", default: "false", help: "Consume presence (I5): count each user's connected clients, record online/offline and last seen (needs a store)" },
     Variable { name: "PUBLISH_WINDOW", default: "4096", help: "Most publishes awaiting a broker confirm at once (older inputs settle first)" },
     Variable { name: "HTTP_PORT", default: "8004", help: "Port of /healthz, /readyz, /metrics (0 = disabled)" },
     Variable { name: "HTTP_HOST", default: "0.0.0.0", help: "Address the HTTP server binds" },
@@ -79,6 +84,16 @@ struct Raw {
     database_url: String,
     #[serde(default = "d_window")]
     publish_window: u32,
+    #[serde(default = "d_trusted")]
+    trusted_senders: String,
+    #[serde(default = "d_inline_members")]
+    max_inline_group_members: usize,
+    #[serde(default = "d_group_cache_size")]
+    group_cache_size: u64,
+    #[serde(default = "d_group_cache_ttl")]
+    group_cache_ttl: String,
+    #[serde(default)]
+    presence_enabled: bool,
     #[serde(default = "d_http_port")]
     http_port: u16,
     #[serde(default = "d_http_host")]
@@ -124,6 +139,18 @@ fn d_database() -> String {
 }
 fn d_window() -> u32 {
     4096
+}
+fn d_trusted() -> String {
+    "system".into()
+}
+fn d_inline_members() -> usize {
+    100
+}
+fn d_group_cache_size() -> u64 {
+    1_000_000
+}
+fn d_group_cache_ttl() -> String {
+    "5m".into()
 }
 fn d_http_port() -> u16 {
     8004
@@ -175,6 +202,11 @@ pub struct Config {
     pub queue_name: String,
     pub prefetch: u16,
     pub publish_window: usize,
+    pub trusted_senders: std::collections::HashSet<String>,
+    pub max_inline_group_members: usize,
+    pub group_cache_size: u64,
+    pub group_cache_ttl: Duration,
+    pub presence_enabled: bool,
     /// None = persistence off.
     pub store: Option<crate::store::Backend>,
     pub http_port: u16,
@@ -293,6 +325,35 @@ impl Config {
         if raw.queue_name.is_empty() || raw.queue_name.len() > 255 || raw.queue_name.starts_with("amq.") {
             return Err(bad("QUEUE_NAME must be 1..255 bytes and not start with amq."));
         }
+        let trusted_senders: std::collections::HashSet<String> = raw
+            .trusted_senders
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if let Some(bad_id) = trusted_senders.iter().find(|s| !crate::message::is_valid_id(s)) {
+            return Err(bad(format!("TRUSTED_SENDERS: {bad_id:?} is not a valid user id")));
+        }
+        if raw.max_inline_group_members == 0 {
+            return Err(bad("MAX_INLINE_GROUP_MEMBERS must be at least 1"));
+        }
+        if raw.group_cache_size == 0 {
+            return Err(bad("GROUP_CACHE_SIZE must be at least 1"));
+        }
+        let group_cache_ttl = parse_duration(&raw.group_cache_ttl)
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                bad(format!(
+                    "GROUP_CACHE_TTL {:?} is not a positive duration (e.g. 300, 5m)",
+                    raw.group_cache_ttl
+                ))
+            })?;
+        if raw.presence_enabled && store.is_none() {
+            return Err(bad(
+                "PRESENCE_ENABLED=true needs a store (DATABASE_URL is off): presence state lives there",
+            ));
+        }
         if topic_layout == TopicLayout::Seed {
             crate::topic::Seed::new(&raw.path_prefix).map_err(|e| bad(format!("PATH_PREFIX: {e}")))?;
         }
@@ -312,6 +373,11 @@ impl Config {
             queue_name: raw.queue_name,
             prefetch: raw.prefetch_messages,
             publish_window: raw.publish_window as usize,
+            trusted_senders,
+            max_inline_group_members: raw.max_inline_group_members,
+            group_cache_size: raw.group_cache_size,
+            group_cache_ttl,
+            presence_enabled: raw.presence_enabled,
             store,
             http_port: raw.http_port,
             http_host: raw.http_host,

@@ -7,6 +7,8 @@
 
 pub mod broker;
 pub mod config;
+pub mod events;
+pub mod group;
 pub mod handlers;
 pub mod http;
 pub mod jwt;
@@ -32,6 +34,10 @@ pub struct Engine {
     pub topics: Arc<Topics>,
     pub chain: policy::Chain,
     pub metrics: Arc<Metrics>,
+    pub settings: handlers::Settings,
+    /// Group membership, read on the hot path (refreshed by every group update).
+    pub groups: group::GroupCache,
+    pub events: events::Events,
 }
 
 impl Engine {
@@ -39,6 +45,9 @@ impl Engine {
         let topics = Topics::from_config(&config).map_err(config::ConfigError)?;
         let chain = policy::Chain::new(config.store.is_some());
         Ok(Arc::new(Engine {
+            settings: handlers::Settings::from_config(&config),
+            groups: group::GroupCache::new(config.group_cache_size, config.group_cache_ttl),
+            events: events::Events::default(),
             config,
             topics: Arc::new(topics),
             chain,
@@ -95,7 +104,7 @@ pub async fn run(engine: Arc<Engine>, shutdown: CancellationToken) -> anyhow::Re
         let writer = store
             .clone()
             .map(|s| store::writer::Writer::spawn(s, engine.metrics.clone(), engine.config.prefetch as usize));
-        broker::supervise(engine.clone(), writer, shutdown.clone()).await;
+        broker::supervise(engine.clone(), store.clone(), writer, shutdown.clone()).await;
     }
     if let Some(s) = store {
         s.close().await;

@@ -39,11 +39,21 @@ pub enum RejectReason {
     NotObject,
     /// An outbound routing key would exceed 255 bytes.
     KeyTooLong,
-    /// A valid input this engine version does not handle yet (e.g. groups).
+    /// A valid input this engine does not handle (e.g. presence while PRESENCE_ENABLED is off).
     Unsupported,
     /// Well-formed but asks for nothing the protocol does (e.g. a receipt with a status
     /// other than 200).
     Ignored,
+    /// A group payload that is not usable: `group` or `members` not an object, no `uid`,
+    /// `notify_to` not an object (§4.4).
+    BadGroup,
+    /// An inline group with more members than `MAX_INLINE_GROUP_MEMBERS` (§4.2).
+    TooManyMembers,
+    /// The sender is not a member of the stored group it writes to (§4.1, fix D19).
+    NotAMember,
+    /// A field the input needs has the wrong type (e.g. `typing` not a boolean, a replayed
+    /// message without a valid `message_id`).
+    BadPayload,
 }
 
 impl RejectReason {
@@ -55,6 +65,10 @@ impl RejectReason {
         RejectReason::KeyTooLong,
         RejectReason::Unsupported,
         RejectReason::Ignored,
+        RejectReason::BadGroup,
+        RejectReason::TooManyMembers,
+        RejectReason::NotAMember,
+        RejectReason::BadPayload,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,6 +80,10 @@ impl RejectReason {
             RejectReason::KeyTooLong => "key_too_long",
             RejectReason::Unsupported => "unsupported",
             RejectReason::Ignored => "ignored",
+            RejectReason::BadGroup => "bad_group",
+            RejectReason::TooManyMembers => "too_many_members",
+            RejectReason::NotAMember => "not_a_member",
+            RejectReason::BadPayload => "bad_payload",
         }
     }
 }

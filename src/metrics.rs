@@ -19,6 +19,16 @@ struct InputLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PresenceLabels {
+    presence: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -56,6 +66,8 @@ pub struct Metrics {
     commits: Counter,
     commit_latency: Histogram,
     store_up: Gauge,
+    group_lookups: Family<ResultLabels, Counter>,
+    presence_changes: Family<PresenceLabels, Counter>,
     broker_connected: AtomicBool,
     store_ok: AtomicBool,
 }
@@ -106,6 +118,18 @@ impl Metrics {
             reconnects.clone(),
         );
         registry.register("publishes", "Messages published and confirmed", publishes.clone());
+        let group_lookups = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "group_lookups",
+            "Group lookups by group messages and typing: cache hit, or store read",
+            group_lookups.clone(),
+        );
+        let presence_changes = Family::<PresenceLabels, Counter>::default();
+        registry.register(
+            "presence_changes",
+            "Users going online or offline (first client connected, last one gone)",
+            presence_changes.clone(),
+        );
         // Pre-create every reason so dashboards see zeros rather than missing series.
         for r in RejectReason::ALL {
             let _ = rejections.get_or_create(&ReasonLabels { reason: r.as_str() });
@@ -121,6 +145,8 @@ impl Metrics {
             commits,
             commit_latency,
             store_up,
+            group_lookups,
+            presence_changes,
             broker_connected: AtomicBool::new(false),
             store_ok: AtomicBool::new(true),
         })
@@ -141,6 +167,17 @@ impl Metrics {
                 reason: reason.as_str(),
             })
             .inc();
+    }
+
+    /// A group lookup that had to read the store (`hit == false`) or did not.
+    pub fn group_lookup(&self, hit: bool) {
+        let result = if hit { "hit" } else { "store" };
+        self.group_lookups.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn presence_changed(&self, online: bool) {
+        let presence = if online { "online" } else { "offline" };
+        self.presence_changes.get_or_create(&PresenceLabels { presence }).inc();
     }
 
     pub fn confirmed(&self, seconds: f64) {

@@ -69,6 +69,18 @@ pub enum Write {
         timeline_of: String,
         convers_with: String,
     },
+    /// Create or replace a group (§4.4).
+    Group(Arc<crate::group::Group>),
+    /// A client of `user` connected or disconnected (§7). Kept as the set of connected client
+    /// ids, so a redelivered event changes nothing; the store reports online/offline
+    /// transitions back.
+    Presence {
+        app: String,
+        user: String,
+        client_id: String,
+        connected: bool,
+        at_ms: i64,
+    },
 }
 
 /// What committing one input's writes revealed, for the publishes that follow the commit.
@@ -78,6 +90,8 @@ pub struct Committed {
     pub archived: Vec<Map<String, Value>>,
     /// Archived conversations a new message of this input un-archived, as they are now.
     pub unarchived: Vec<Map<String, Value>>,
+    /// Online/offline transitions this input's presence writes caused.
+    pub presence: Vec<crate::events::PresenceChange>,
 }
 
 /// A conversation object as Chat21 clients read it: the last message's fields plus the
@@ -105,6 +119,18 @@ pub fn conversation_object(
 pub struct Plan {
     pub publishes: Vec<Publish>,
     pub writes: Vec<Write>,
+    /// Set when the input is refused but the sender is told (§8: its own copy with
+    /// `status:-100`): the publishes are that notice, and the input counts as rejected.
+    pub rejected: Option<crate::message::RejectReason>,
+}
+
+impl Plan {
+    pub fn publishes(publishes: Vec<Publish>) -> Plan {
+        Plan {
+            publishes,
+            ..Plan::default()
+        }
+    }
 }
 
 /// Facts a handler needs from the outside world, passed in so handlers stay pure.
@@ -113,4 +139,7 @@ pub struct Context<'a> {
     pub now_ms: i64,
     /// A fresh message id (a UUID in production, a counter in unit tests).
     pub fresh_id: &'a dyn Fn() -> String,
+    /// What is known about a group without I/O (the group cache).
+    pub groups: &'a dyn Fn(&str) -> crate::group::GroupLookup,
+    pub settings: &'a crate::handlers::Settings,
 }

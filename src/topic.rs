@@ -111,6 +111,9 @@ impl Seed {
 #[derive(Debug, Clone)]
 pub struct Topics {
     layout: Layout,
+    /// Bind I5 (presence) — only when PRESENCE_ENABLED, so a disabled engine is not sent
+    /// every connect and disconnect of every client.
+    presence: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -123,7 +126,14 @@ impl Topics {
     pub fn chat21(app: &str) -> Self {
         Topics {
             layout: Layout::Chat21 { app: app.to_owned() },
+            presence: false,
         }
+    }
+
+    /// Also consume presence (I5).
+    pub fn with_presence(mut self, presence: bool) -> Self {
+        self.presence = presence;
+        self
     }
 
     pub fn seed(app: &str, path_prefix: &str) -> Result<Self, String> {
@@ -132,27 +142,51 @@ impl Topics {
                 app: app.to_owned(),
                 seed: Seed::new(path_prefix)?,
             },
+            presence: false,
         })
     }
 
     pub fn from_config(cfg: &crate::config::Config) -> Result<Self, String> {
-        match cfg.topic_layout {
-            TopicLayout::Chat21 => Ok(Self::chat21(&cfg.app_id)),
-            TopicLayout::Seed => Self::seed(&cfg.app_id, &cfg.path_prefix),
+        let topics = match cfg.topic_layout {
+            TopicLayout::Chat21 => Self::chat21(&cfg.app_id),
+            TopicLayout::Seed => Self::seed(&cfg.app_id, &cfg.path_prefix)?,
+        };
+        Ok(topics.with_presence(cfg.presence_enabled))
+    }
+
+    /// Binding patterns on `amq.topic` for the inputs this engine handles (PROTOCOL §2).
+    pub fn bindings(&self) -> Vec<String> {
+        match &self.layout {
+            Layout::Chat21 { app } => {
+                let mut b = vec![
+                    format!("apps.{app}.outgoing.users.*.messages.*.outgoing"),
+                    format!("apps.{app}.users.*.messages.*.*.update"),
+                    format!("apps.{app}.users.*.conversations.*.update"),
+                    format!("apps.{app}.users.*.conversations.*.archive"),
+                    format!("apps.{app}.users.*.typing.*"),
+                    format!("apps.observer.{app}.groups.update"),
+                    format!("apps.observer.{app}.users.*.messages.*.delivered"),
+                ];
+                if self.presence {
+                    b.push(self.presence_binding(app));
+                }
+                b
+            }
+            Layout::Seed { seed, .. } => vec![format!("{}.*.*.messages.outgoing", seed.prefix)],
         }
     }
 
-    /// Binding patterns on `amq.topic` for the inputs this engine version handles.
-    pub fn bindings(&self) -> Vec<String> {
+    /// Bindings an earlier configuration may have left on the (durable) queue that this one
+    /// must remove: presence after PRESENCE_ENABLED was turned off.
+    pub fn retired_bindings(&self) -> Vec<String> {
         match &self.layout {
-            Layout::Chat21 { app } => vec![
-                format!("apps.{app}.outgoing.users.*.messages.*.outgoing"),
-                format!("apps.{app}.users.*.messages.*.*.update"),
-                format!("apps.{app}.users.*.conversations.*.update"),
-                format!("apps.{app}.users.*.conversations.*.archive"),
-            ],
-            Layout::Seed { seed, .. } => vec![format!("{}.*.*.messages.outgoing", seed.prefix)],
+            Layout::Chat21 { app } if !self.presence => vec![self.presence_binding(app)],
+            _ => Vec::new(),
         }
+    }
+
+    fn presence_binding(&self, app: &str) -> String {
+        format!("apps.{app}.users.*.presence.*")
     }
 
     /// Parse a routing key into a typed input. Structure mismatch → `BadTopic`; the right
@@ -222,6 +256,38 @@ impl Topics {
             ConversationEvent::ArchivedDeleted => ("archived_conversations", "clientdeleted"),
         };
         checked(format!("apps.{app}.users.{timeline_of}.{list}.{convers_with}.{verb}"))
+    }
+
+    /// Where a group's new state reaches one of the users to notify (§4.4):
+    /// `apps.{app}.users.{member}.groups.{uid}.clientupdated`.
+    pub fn group_updated(&self, app: &str, member: &str, uid: &str) -> Result<String, RejectReason> {
+        checked(format!("apps.{app}.users.{member}.groups.{uid}.clientupdated"))
+    }
+
+    /// Where `to` learns that `about` (a user, or a group for group typing) is typing (§7):
+    /// `apps.{app}.users.{to}.typing.{about}.clientupdated`.
+    pub fn typing_updated(&self, app: &str, to: &str, about: &str) -> Result<String, RejectReason> {
+        checked(format!("apps.{app}.users.{to}.typing.{about}.clientupdated"))
+    }
+
+    /// The key a user's client announces typing on (clients and tests).
+    pub fn typing(&self, app: &str, me: &str, with: &str) -> String {
+        format!("apps.{app}.users.{me}.typing.{with}")
+    }
+
+    /// The key a user's client announces its connection on (clients and tests).
+    pub fn presence(&self, app: &str, user: &str, client_id: &str) -> String {
+        format!("apps.{app}.users.{user}.presence.{client_id}")
+    }
+
+    /// The key a trusted service publishes a group update on (services and tests).
+    pub fn group_update(&self, app: &str) -> String {
+        format!("apps.observer.{app}.groups.update")
+    }
+
+    /// The key a trusted service replays a message into `inbox`'s timeline on.
+    pub fn history_replay(&self, app: &str, inbox: &str, convers_with: &str) -> String {
+        format!("apps.observer.{app}.users.{inbox}.messages.{convers_with}.delivered")
     }
 
     /// The key a user archives a conversation with (clients and tests).
@@ -432,6 +498,47 @@ mod tests {
             Topics::seed("t", "chat/").unwrap().outgoing("a", "b"),
             "chat.a.b.messages.outgoing"
         );
+    }
+
+    /// AMQP topic matching (`*` = one word; the bindings use no `#`).
+    fn matches(pattern: &str, key: &str) -> bool {
+        let (p, k): (Vec<&str>, Vec<&str>) = (pattern.split('.').collect(), key.split('.').collect());
+        p.len() == k.len() && p.iter().zip(&k).all(|(p, k)| *p == "*" || p == k)
+    }
+
+    #[test]
+    fn every_input_is_bound_and_no_output_is() {
+        let t = Topics::chat21("app").with_presence(true);
+        let inputs = [
+            t.outgoing("S", "R"),
+            t.receipt("app", "me", "w", "m"),
+            t.conversation_update("app", "me", "w"),
+            t.archive("app", "me", "w"),
+            t.typing("app", "me", "w"),
+            t.presence("app", "me", "c"),
+            t.group_update("app"),
+            t.history_replay("app", "i", "c"),
+        ];
+        for key in &inputs {
+            assert!(t.parse(key).is_ok(), "{key}");
+            assert!(t.bindings().iter().any(|b| matches(b, key)), "{key} is not bound");
+        }
+        let outputs = [
+            t.message_added("app", "a", "b").unwrap(),
+            t.receipt_updated("app", "a", "b", "m").unwrap(),
+            t.conversation_event("app", "a", "b", ConversationEvent::Deleted)
+                .unwrap(),
+            t.group_updated("app", "a", "g").unwrap(),
+            t.typing_updated("app", "a", "b").unwrap(),
+        ];
+        for key in &outputs {
+            assert!(!t.bindings().iter().any(|b| matches(b, key)), "{key} would loop back");
+        }
+        // Presence is bound only when enabled, and unbound when disabled.
+        let off = Topics::chat21("app");
+        assert!(!off.bindings().iter().any(|b| matches(b, &t.presence("app", "u", "c"))));
+        assert_eq!(off.retired_bindings(), vec!["apps.app.users.*.presence.*".to_string()]);
+        assert!(t.retired_bindings().is_empty());
     }
 
     #[test]

@@ -187,7 +187,7 @@ async fn run_round(
     let topics = Topics::chat21(&app);
     let ch = conn.create_channel().await?;
     // The subject's queue and bindings exist before it starts, so the burst waits in it.
-    chat21_engine::broker::topology::declare(&ch, &queue, &topics.bindings()).await?;
+    chat21_engine::broker::topology::declare(&ch, &queue, &topics.bindings(), &[]).await?;
     let epoch = Instant::now();
     let sink = Sink::start(conn, &app, args.recipients, epoch).await?;
 

@@ -27,7 +27,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let conn = Connection::connect(&uri, ConnectionProperties::default()).await?;
     let consume = conn.create_channel().await?;
     consume.basic_qos(prefetch, BasicQosOptions::default()).await?;
-    chat21_engine::broker::topology::declare(&consume, &queue, &topics.bindings()).await?;
+    chat21_engine::broker::topology::declare(&consume, &queue, &topics.bindings(), &[]).await?;
     let publish = conn.create_channel().await?;
     publish.confirm_select(ConfirmSelectOptions::default()).await?;
     let mut consumer = consume

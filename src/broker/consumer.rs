@@ -24,14 +24,21 @@ use lapin::types::FieldTable;
 use lapin::{Acker, BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::acks::AckTracker;
 use super::{topology, BrokerError, EXCHANGE};
+use crate::events::Event;
+use crate::group::{Group, GroupLookup};
+use crate::handlers::Halt;
+use crate::message::RejectReason;
 use crate::metrics::Outcome;
-use crate::plan::{Committed, Context, Plan};
+use crate::plan::{Committed, Context, Plan, Write};
 use crate::store::writer::Writer;
+use crate::store::Store;
+use crate::topic::Inbound;
 use crate::Engine;
 
 pub enum SessionEnd {
@@ -45,6 +52,8 @@ struct Settled {
     kind: &'static str,
     publishes: usize,
     all_acked: bool,
+    /// Refused with the sender told (§8): counted as rejected once its notice is confirmed.
+    refused: bool,
 }
 
 type Pending = FuturesUnordered<Pin<Box<dyn Future<Output = Settled> + Send>>>;
@@ -57,6 +66,7 @@ const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 pub async fn run_session(
     engine: &Engine,
+    store: Option<&Store>,
     writer: Option<&Writer>,
     conn: &Connection,
     shutdown: &CancellationToken,
@@ -64,7 +74,14 @@ pub async fn run_session(
     let cfg = &engine.config;
     let consume_ch = conn.create_channel().await?;
     consume_ch.basic_qos(cfg.prefetch, BasicQosOptions::default()).await?;
-    topology::declare(&consume_ch, &cfg.queue_name, &engine.topics.bindings()).await?;
+    let topics = &engine.topics;
+    topology::declare(
+        &consume_ch,
+        &cfg.queue_name,
+        &topics.bindings(),
+        &topics.retired_bindings(),
+    )
+    .await?;
     let publish_ch = conn.create_channel().await?;
     publish_ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let opts = BasicConsumeOptions::default();
@@ -80,6 +97,7 @@ pub async fn run_session(
 
     let mut session = Session {
         engine,
+        store,
         writer,
         publish_ch: &publish_ch,
         pending: Pending::new(),
@@ -94,6 +112,8 @@ pub async fn run_session(
 
 struct Session<'a> {
     engine: &'a Engine,
+    /// Read for groups the cache does not know.
+    store: Option<&'a Store>,
     writer: Option<&'a Writer>,
     publish_ch: &'a Channel,
     pending: Pending,
@@ -138,7 +158,7 @@ impl Session<'_> {
                     consume_ch.basic_cancel(CONSUMER_TAG.into(), BasicCancelOptions::default()).await?;
                 }
                 next = consumer.next(), if !draining => match next {
-                    Some(Ok(delivery)) => self.start(delivery).await?,
+                    Some(Ok(delivery)) => self.start(delivery, shutdown).await?,
                     Some(Err(e)) => return Err(e.into()),
                     None => return Err(BrokerError::ConsumerEnded),
                 },
@@ -152,24 +172,22 @@ impl Session<'_> {
     }
 
     /// Handle one delivery up to the point where its publishes are handed to the writer.
-    async fn start(&mut self, delivery: lapin::message::Delivery) -> Result<(), BrokerError> {
+    async fn start(
+        &mut self,
+        delivery: lapin::message::Delivery,
+        shutdown: &CancellationToken,
+    ) -> Result<(), BrokerError> {
         let engine = self.engine;
         let tag = delivery.delivery_tag;
         self.acks.delivered(tag);
         engine.metrics.in_flight_add(1);
         let key = delivery.routing_key.as_str();
-        let fresh_id = || uuid::Uuid::new_v4().to_string();
-        let ctx = Context {
-            now_ms: now_ms(),
-            fresh_id: &fresh_id,
-        };
         let (kind, planned) = match engine.topics.parse(key) {
-            Ok(inbound) => {
-                // Handler (pure plan), then the policy chain (validate … persistence hook).
-                let planned = crate::handlers::handle(&engine.topics, &inbound, &delivery.data, &ctx)
-                    .and_then(|plan| engine.chain.run(&inbound, plan));
-                (inbound.kind(), planned)
-            }
+            Ok(inbound) => match self.plan(&inbound, &delivery.data, shutdown).await {
+                Some(planned) => (inbound.kind(), planned),
+                // Shut down while waiting for the store: the broker gets the input back.
+                None => return Ok(()),
+            },
             Err(reason) => ("unknown", Err(reason)),
         };
         let mut plan = match planned {
@@ -185,13 +203,31 @@ impl Session<'_> {
                 return self.flush_acks().await;
             }
         };
+        if let Some(reason) = plan.rejected {
+            tracing::warn!(
+                routing_key = key,
+                reason = reason.as_str(),
+                "input refused; the sender is told"
+            );
+            engine.metrics.rejected(reason);
+        }
+        // A group update takes effect for the very next input, before its commit: inputs are
+        // planned in delivery order, so membership changes and messages stay in order.
+        for w in &plan.writes {
+            if let Write::Group(g) = w {
+                engine.groups.put(g.uid.clone(), Some(g.clone()));
+            }
+        }
         self.make_room(plan.publishes.len()).await?;
         let writes = std::mem::take(&mut plan.writes);
         // The publishes that may follow the commit (archive, un-archive) need these.
         let followup = (self.writer.is_some() && !writes.is_empty()).then(|| FollowUp {
             topics: engine.topics.clone(),
             channel: self.publish_ch.clone(),
+            events: engine.events.clone(),
+            metrics: engine.metrics.clone(),
         });
+        let refused = plan.rejected.is_some();
         let sends = self.publish(plan).await?;
         // Writes go to the group-commit writer while the confirms are on their way.
         let committed = match (self.writer, writes.is_empty()) {
@@ -231,9 +267,82 @@ impl Session<'_> {
                 kind,
                 publishes,
                 all_acked,
+                refused,
             }
         }));
         Ok(())
+    }
+
+    /// Run the handler and the policy chain. A handler that needs a group the cache does not
+    /// know gets it loaded from the store and is asked again. The load is awaited here, in
+    /// delivery order: inputs behind it wait (a store round trip, once per group per TTL), so
+    /// the order of a sender's messages never depends on cache hits and misses.
+    /// `None`: shutdown came while the store was unreachable.
+    async fn plan(
+        &self,
+        inbound: &Inbound,
+        body: &[u8],
+        shutdown: &CancellationToken,
+    ) -> Option<Result<Plan, RejectReason>> {
+        let engine = self.engine;
+        let fresh_id = || uuid::Uuid::new_v4().to_string();
+        let now_ms = now_ms();
+        let mut loaded: Option<(String, GroupLookup)> = None;
+        loop {
+            let groups = |uid: &str| match &loaded {
+                Some((u, l)) if u == uid => l.clone(),
+                _ => {
+                    let found = engine.groups.lookup(uid);
+                    if found != GroupLookup::Unknown {
+                        engine.metrics.group_lookup(true);
+                    }
+                    found
+                }
+            };
+            let ctx = Context {
+                now_ms,
+                fresh_id: &fresh_id,
+                groups: &groups,
+                settings: &engine.settings,
+            };
+            match crate::handlers::handle(&engine.topics, inbound, body, &ctx) {
+                Ok(plan) => return Some(engine.chain.run(inbound, plan)),
+                Err(Halt::Reject(reason)) => return Some(Err(reason)),
+                // Handlers need at most one group; a second ask would be a handler bug.
+                Err(Halt::NeedGroup(_)) if loaded.is_some() => return Some(Err(RejectReason::Unsupported)),
+                Err(Halt::NeedGroup(uid)) => {
+                    let group = self.load_group(&uid, shutdown).await?;
+                    engine.groups.put(uid.clone(), group.clone());
+                    loaded = Some((uid, group.into()));
+                }
+            }
+        }
+    }
+
+    /// Read a group from the store, retrying until it answers (inputs stay unacked meanwhile,
+    /// as they do for writes). Without a store only group updates define groups.
+    async fn load_group(&self, uid: &str, shutdown: &CancellationToken) -> Option<Option<Arc<Group>>> {
+        use backon::BackoffBuilder;
+        let Some(store) = self.store else {
+            return Some(None);
+        };
+        self.engine.metrics.group_lookup(false);
+        let mut delays = backon::ExponentialBuilder::default()
+            .with_min_delay(std::time::Duration::from_millis(50))
+            .with_max_delay(std::time::Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        loop {
+            match store.group(uid).await {
+                Ok(group) => return Some(group.map(Arc::new)),
+                Err(e) => tracing::warn!(error = %e, uid, "group read failed; retrying"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delays.next().unwrap_or(std::time::Duration::from_secs(5))) => {}
+                _ = shutdown.cancelled() => return None,
+            }
+        }
     }
 
     /// Keep the unconfirmed-publish window bounded: settle older inputs first if needed.
@@ -282,7 +391,12 @@ impl Session<'_> {
         self.unconfirmed -= s.publishes;
         self.engine.metrics.in_flight_add(-1);
         if s.all_acked {
-            self.engine.metrics.input(s.kind, Outcome::Processed);
+            let outcome = if s.refused {
+                Outcome::Rejected
+            } else {
+                Outcome::Processed
+            };
+            self.engine.metrics.input(s.kind, outcome);
             self.acks.settled(s.tag, s.acker);
         } else {
             // The broker could not take a copy: try the whole input again later (copies that
@@ -309,15 +423,23 @@ impl Session<'_> {
     }
 }
 
-/// Publishes that depend on what a commit changed (PROTOCOL §6 archive and un-archive).
+/// What depends on what a commit changed: publishes (PROTOCOL §6 archive and un-archive) and
+/// events (presence transitions).
 struct FollowUp {
-    topics: std::sync::Arc<crate::topic::Topics>,
+    topics: Arc<crate::topic::Topics>,
     channel: Channel,
+    events: crate::events::Events,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl FollowUp {
-    /// Publish and wait for the confirms; true when every one was confirmed.
+    /// Emit the events, publish and wait for the confirms; true when every one was confirmed.
     async fn publish(self, committed: &Committed) -> bool {
+        // The commit happened whatever the publishes do: its events are facts now.
+        for change in &committed.presence {
+            self.metrics.presence_changed(change.online);
+            self.events.emit(Event::Presence(change.clone()));
+        }
         let mut ok = true;
         for p in crate::handlers::after_commit(&self.topics, committed) {
             let props = BasicProperties::default()

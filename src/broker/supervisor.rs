@@ -8,9 +8,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::consumer::{self, SessionEnd};
 use crate::store::writer::Writer;
+use crate::store::Store;
 use crate::Engine;
 
-pub async fn supervise(engine: Arc<Engine>, writer: Option<Writer>, shutdown: CancellationToken) {
+pub async fn supervise(engine: Arc<Engine>, store: Option<Store>, writer: Option<Writer>, shutdown: CancellationToken) {
     let backoff_builder = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
         .with_max_delay(Duration::from_secs(10))
@@ -27,7 +28,7 @@ pub async fn supervise(engine: Arc<Engine>, writer: Option<Writer>, shutdown: Ca
                 connected_before = true;
                 backoff = backoff_builder.build();
                 tracing::info!("connected to broker");
-                let end = consumer::run_session(&engine, writer.as_ref(), &conn, &shutdown).await;
+                let end = consumer::run_session(&engine, store.as_ref(), writer.as_ref(), &conn, &shutdown).await;
                 engine.metrics.set_broker_connected(false);
                 match end {
                     Ok(SessionEnd::Shutdown) => {

@@ -7,7 +7,9 @@ use lapin::Channel;
 
 use super::EXCHANGE;
 
-pub async fn declare(channel: &Channel, queue: &str, bindings: &[String]) -> lapin::Result<()> {
+/// Declare the queue with `bindings`, and remove `retired` ones (an input kind this
+/// configuration turned off); unbinding a binding that does not exist is a no-op.
+pub async fn declare(channel: &Channel, queue: &str, bindings: &[String], retired: &[String]) -> lapin::Result<()> {
     // Durable classic queue: inputs survive a broker restart. Not exclusive and not
     // auto-delete, so several engine replicas share the work and nothing is dropped while the
     // engine is down or restarting.
@@ -21,6 +23,16 @@ pub async fn declare(channel: &Channel, queue: &str, bindings: &[String]) -> lap
                 EXCHANGE.into(),
                 pattern.as_str().into(),
                 QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    for pattern in retired {
+        channel
+            .queue_unbind(
+                queue.into(),
+                EXCHANGE.into(),
+                pattern.as_str().into(),
                 FieldTable::default(),
             )
             .await?;

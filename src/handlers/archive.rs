@@ -12,6 +12,7 @@ use crate::topic::{ConversationEvent, Topics};
 /// The payload is ignored (§6).
 pub(super) fn archive(app: &str, me: &str, with: &str) -> Result<Plan, RejectReason> {
     Ok(Plan {
+        rejected: None,
         publishes: Vec::new(),
         writes: vec![Write::Archive {
             app: app.into(),
@@ -59,7 +60,7 @@ mod tests {
             &t,
             &Committed {
                 archived: vec![conv],
-                unarchived: vec![],
+                ..Committed::default()
             },
         );
         let keys: Vec<&str> = out.iter().map(|p| p.key.as_str()).collect();
@@ -84,8 +85,8 @@ mod tests {
         let out = after_commit(
             &t,
             &Committed {
-                archived: vec![],
                 unarchived: vec![conv],
+                ..Committed::default()
             },
         );
         assert_eq!(out.len(), 1);

@@ -15,6 +15,7 @@ pub(super) fn update(topics: &Topics, app: &str, me: &str, with: &str, body: &[u
     let key = topics.conversation_event(app, me, with, ConversationEvent::Updated)?;
     let update = json!({"is_new": is_new, "timelineOf": me, "conversWith": with});
     Ok(Plan {
+        rejected: None,
         publishes: vec![Publish::json(key, &update)],
         writes: vec![Write::ConversationIsNew {
             timeline_of: me.into(),

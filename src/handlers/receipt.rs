@@ -23,6 +23,7 @@ pub(super) fn receipt(
     let key = topics.receipt_updated(app, with, me, message_id)?;
     let update = json!({"timelineOf": with, "message_id": message_id, "status": status::RETURN_RECEIPT});
     Ok(Plan {
+        rejected: None,
         publishes: vec![Publish::json(key, &update)],
         writes: vec![
             Write::MessageStatus {

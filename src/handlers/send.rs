@@ -1,15 +1,15 @@
-//! I1, sending a message (PROTOCOL §3). Direct messages only for now: group-addressed
-//! messages are rejected as `unsupported` rather than mis-delivered as direct ones.
+//! I1, sending a message (PROTOCOL §3): direct messages here, group messages in `group.rs`.
 
 use serde_json::{Map, Value};
 
+use super::Halt;
 use crate::message::{is_valid_id, status, RejectReason};
 use crate::plan::{Context, Plan, Publish, TimelineCopy};
 use crate::topic::Topics;
 
 /// §3: a group message is one with `channel_type == "group"`, or with no `channel_type` and
 /// a recipient containing `group-` (compatibility with clients that omit channel_type).
-fn is_group_message(msg: &Map<String, Value>, recipient: &str) -> bool {
+pub(super) fn is_group_message(msg: &Map<String, Value>, recipient: &str) -> bool {
     match msg.get("channel_type") {
         Some(Value::String(ct)) => ct == "group",
         None | Some(Value::Null) => recipient.contains("group-"),
@@ -24,10 +24,10 @@ pub(super) fn send(
     recipient: &str,
     body: &[u8],
     ctx: &Context,
-) -> Result<Plan, RejectReason> {
+) -> Result<Plan, Halt> {
     let mut msg = super::json_object(body)?;
     if is_group_message(&msg, recipient) {
-        return Err(RejectReason::Unsupported);
+        return super::group::send(topics, app, sender, recipient, msg, ctx);
     }
     // Render both keys first: an input is either fully processed or rejected, never half.
     let sender_key = topics.message_added(app, sender, recipient)?;
@@ -38,17 +38,20 @@ pub(super) fn send(
     let sender_copy = copy(sender_key, sender, recipient, false, msg.clone());
     msg.insert("status".into(), status::DELIVERED.into());
     let recipient_copy = copy(recipient_key, recipient, sender, true, msg);
-
-    Ok(Plan {
-        publishes: vec![sender_copy, recipient_copy],
-        writes: Vec::new(),
-    })
+    Ok(Plan::publishes(vec![sender_copy, recipient_copy]))
 }
 
-fn copy(key: String, timeline_of: &str, convers_with: &str, is_new: bool, msg: Map<String, Value>) -> Publish {
+/// A message copy for `timeline_of`'s conversation with `convers_with`, published at `key`.
+pub(super) fn copy(
+    key: String,
+    timeline_of: &str,
+    convers_with: &str,
+    is_new: bool,
+    msg: Map<String, Value>,
+) -> Publish {
     Publish {
         key,
-        body: to_vec(&msg),
+        body: super::to_vec(&msg),
         persistent: true,
         copy: Some(TimelineCopy {
             timeline_of: timeline_of.to_owned(),
@@ -60,7 +63,7 @@ fn copy(key: String, timeline_of: &str, convers_with: &str, is_new: bool, msg: M
 }
 
 /// The fields the engine owns (§3), overwriting what the client sent.
-fn stamp(msg: &mut Map<String, Value>, app: &str, sender: &str, recipient: &str, ctx: &Context) {
+pub(super) fn stamp(msg: &mut Map<String, Value>, app: &str, sender: &str, recipient: &str, ctx: &Context) {
     msg.insert("sender".into(), sender.into());
     msg.insert("recipient".into(), recipient.into());
     msg.insert("app_id".into(), app.into());
@@ -74,9 +77,24 @@ fn stamp(msg: &mut Map<String, Value>, app: &str, sender: &str, recipient: &str,
     }
 }
 
-fn to_vec(msg: &Map<String, Value>) -> Vec<u8> {
-    // Serializing a Map of Values cannot fail (string keys, no non-finite floats in Value).
-    serde_json::to_vec(msg).unwrap_or_default()
+/// The sender's own copy, marked failed with why (§8): how a refused sender is told. Not a
+/// timeline copy: a refused message is not persisted.
+pub(super) fn refusal(key: String, mut msg: Map<String, Value>, reason: RejectReason, text: &str) -> Plan {
+    msg.insert("status".into(), status::FAILED.into());
+    msg.insert(
+        "error".into(),
+        serde_json::json!({"code": reason.as_str(), "reason": text}),
+    );
+    Plan {
+        publishes: vec![Publish {
+            key,
+            body: super::to_vec(&msg),
+            persistent: true,
+            copy: None,
+        }],
+        writes: Vec::new(),
+        rejected: Some(reason),
+    }
 }
 
 #[cfg(test)]
@@ -84,16 +102,23 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn ctx() -> Context<'static> {
-        Context {
+    use crate::handlers::testing;
+
+    fn run_with(body: &str, sender: &str, recipient: &str) -> Result<Plan, Halt> {
+        let t = Topics::chat21("tilechat");
+        let groups = testing::lookup_in(vec![]);
+        let settings = testing::settings();
+        let ctx = Context {
             now_ms: 1_700_000_000_000,
             fresh_id: &|| "fresh-uuid".to_string(),
-        }
+            groups: &groups,
+            settings: &settings,
+        };
+        send(&t, "tilechat", sender, recipient, body.as_bytes(), &ctx)
     }
 
-    fn run(body: &str, recipient: &str) -> Result<Vec<(String, Value)>, RejectReason> {
-        let t = Topics::chat21("tilechat");
-        let plan = send(&t, "tilechat", "U1", recipient, body.as_bytes(), &ctx())?;
+    fn run(body: &str, recipient: &str) -> Result<Vec<(String, Value)>, Halt> {
+        let plan = run_with(body, "U1", recipient)?;
         Ok(plan
             .publishes
             .into_iter()
@@ -140,31 +165,38 @@ mod tests {
 
     #[test]
     fn group_messages_are_not_direct() {
-        assert_eq!(
-            run(r#"{"text":"x","channel_type":"group"}"#, "G1").unwrap_err(),
-            RejectReason::Unsupported
-        );
-        assert_eq!(
-            run(r#"{"text":"x"}"#, "group-123").unwrap_err(),
-            RejectReason::Unsupported
-        );
+        let recipients =
+            |body: &str, r: &str| -> Vec<String> { run(body, r).unwrap().into_iter().map(|(k, _)| k).collect() };
+        // Transient groups (not stored): the sender's member copy and the group timeline.
+        let group = vec![
+            "apps.tilechat.users.U1.messages.G1.clientadded".to_string(),
+            "apps.tilechat.users.G1.messages.G1.clientadded".to_string(),
+        ];
+        assert_eq!(recipients(r#"{"text":"x","channel_type":"group"}"#, "G1"), group);
+        assert_eq!(recipients(r#"{"text":"x"}"#, "group-1").len(), 2);
         // An explicit direct channel wins over the compat rule.
-        assert!(run(r#"{"text":"x","channel_type":"direct"}"#, "group-123").is_ok());
+        assert_eq!(
+            recipients(r#"{"text":"x","channel_type":"direct"}"#, "group-1"),
+            vec![
+                "apps.tilechat.users.U1.messages.group-1.clientadded".to_string(),
+                "apps.tilechat.users.group-1.messages.U1.clientadded".to_string(),
+            ]
+        );
     }
 
     #[test]
     fn bad_bodies() {
-        assert_eq!(run("not json", "U2").unwrap_err(), RejectReason::NotJson);
-        assert_eq!(run("[1,2]", "U2").unwrap_err(), RejectReason::NotObject);
-        assert_eq!(run("\"s\"", "U2").unwrap_err(), RejectReason::NotObject);
-        assert_eq!(run("", "U2").unwrap_err(), RejectReason::NotJson);
+        let err = |b: &str| run(b, "U2").unwrap_err();
+        assert_eq!(err("not json"), Halt::Reject(RejectReason::NotJson));
+        assert_eq!(err("[1,2]"), Halt::Reject(RejectReason::NotObject));
+        assert_eq!(err("\"s\""), Halt::Reject(RejectReason::NotObject));
+        assert_eq!(err(""), Halt::Reject(RejectReason::NotJson));
     }
 
     #[test]
     fn overlong_keys_reject_the_whole_input() {
-        let t = Topics::chat21("tilechat");
         let long = "r".repeat(128);
-        let err = send(&t, "tilechat", &"s".repeat(128), &long, b"{}", &ctx()).unwrap_err();
-        assert_eq!(err, RejectReason::KeyTooLong);
+        let err = run_with("{}", &"s".repeat(128), &long).unwrap_err();
+        assert_eq!(err, Halt::Reject(RejectReason::KeyTooLong));
     }
 }

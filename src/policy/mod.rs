@@ -44,7 +44,12 @@ impl Chain {
     }
 
     pub fn run(&self, input: &Inbound, mut plan: Plan) -> Result<Plan, RejectReason> {
-        for stage in &self.stages {
+        for (i, stage) in self.stages.iter().enumerate() {
+            // A refusal notice (§8) only has to be publishable (stage 0, validate): the other
+            // stages judge and persist messages, and a refused message is neither.
+            if i > 0 && plan.rejected.is_some() {
+                break;
+            }
             plan = match stage.apply(input, plan) {
                 Verdict::Pass(p) => p,
                 Verdict::Reject(reason) => return Err(reason),

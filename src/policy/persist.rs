@@ -33,9 +33,15 @@ mod tests {
     fn plan(body: &str) -> (Inbound, Plan) {
         let t = Topics::chat21("app");
         let input = t.parse(&t.outgoing("A", "B")).unwrap();
+        let (groups, settings) = (
+            crate::handlers::testing::lookup_in(vec![]),
+            crate::handlers::testing::settings(),
+        );
         let ctx = Context {
             now_ms: 1,
             fresh_id: &|| "id".into(),
+            groups: &groups,
+            settings: &settings,
         };
         let plan = crate::handlers::handle(&t, &input, body.as_bytes(), &ctx).unwrap();
         (input, plan)

@@ -12,6 +12,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 use std::time::Duration;
 
+use crate::events::PresenceChange;
+use crate::group::Group;
 use crate::plan::{TimelineCopy, Write};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -74,6 +76,18 @@ pub struct Applied {
     pub archived: std::collections::HashMap<(String, String), Map<String, Value>>,
     /// Archived conversations that a new message in this batch un-archived.
     pub unarchived: std::collections::HashSet<(String, String)>,
+    /// One entry per presence write of the batch, in order: the transition it caused, if any.
+    pub presence: std::collections::VecDeque<Option<PresenceChange>>,
+}
+
+/// A user's presence row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredPresence {
+    pub online: bool,
+    /// Connected clients.
+    pub clients: i64,
+    /// Epoch ms of the last connect or disconnect.
+    pub last_seen: Option<i64>,
 }
 
 /// One message row, for history reads.
@@ -162,8 +176,12 @@ impl Store {
         }
         // After the inserts: a receipt committed with its message in one batch still applies.
         for w in updates {
-            if let Some((key, conversation)) = update_row(&mut tx, w).await? {
-                applied.archived.insert(key, conversation);
+            match update_row(&mut tx, w).await? {
+                Changed::Archived(key, conversation) => {
+                    applied.archived.insert(key, conversation);
+                }
+                Changed::Presence(change) => applied.presence.push_back(change),
+                Changed::Nothing => {}
             }
         }
         tx.commit().await?;
@@ -200,6 +218,64 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(message_row).transpose()
+    }
+
+    /// A stored group. A row that no longer parses is logged and treated as absent: one bad
+    /// row must not stall the engine.
+    pub async fn group(&self, uid: &str) -> Result<Option<Group>, StoreError> {
+        let row = sqlx::query("SELECT app_id, members, body, created_on, updated_on FROM groups WHERE uid = $1")
+            .bind(uid)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(r) = row else { return Ok(None) };
+        let body: Option<String> = r.try_get("body")?;
+        let object = match body {
+            Some(b) => serde_json::from_str::<Map<String, Value>>(&b).unwrap_or_default(),
+            // A row written before group bodies were kept: its columns are the group.
+            None => {
+                let members: String = r.try_get("members")?;
+                let members: Value = serde_json::from_str(&members).unwrap_or(Value::Null);
+                serde_json::json!({"uid": uid, "members": members})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default()
+            }
+        };
+        let app_id: String = r.try_get("app_id")?;
+        match Group::from_object(&app_id, &object, r.try_get("updated_on")?) {
+            Ok(mut g) => {
+                g.created_on = r.try_get("created_on")?;
+                Ok(Some(g))
+            }
+            Err(reason) => {
+                tracing::warn!(
+                    uid,
+                    reason = reason.as_str(),
+                    "stored group does not parse; treated as absent"
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    /// A user's presence, if it was ever recorded.
+    pub async fn presence(&self, app_id: &str, user_id: &str) -> Result<Option<StoredPresence>, StoreError> {
+        let row = sqlx::query(
+            "SELECT CAST(CASE WHEN online THEN 1 ELSE 0 END AS BIGINT) AS online, clients, last_seen FROM presence \
+             WHERE app_id = $1 AND user_id = $2",
+        )
+        .bind(app_id)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(StoredPresence {
+                online: get_bool(&r, "online")?,
+                clients: r.try_get("clients")?,
+                last_seen: r.try_get("last_seen")?,
+            })
+        })
+        .transpose()
     }
 
     /// A user's conversations (active or archived), newest first.
@@ -269,7 +345,11 @@ fn coalesce<'a>(writes: impl IntoIterator<Item = &'a Write>) -> Coalesced<'a> {
     let mut updates = Vec::new();
     for w in writes {
         match w {
-            Write::MessageStatus { .. } | Write::ConversationIsNew { .. } | Write::Archive { .. } => updates.push(w),
+            Write::MessageStatus { .. }
+            | Write::ConversationIsNew { .. }
+            | Write::Archive { .. }
+            | Write::Group(_)
+            | Write::Presence { .. } => updates.push(w),
             Write::Message(c) => {
                 if seen.insert((c.timeline_of.as_str(), str_ref(&c.message, "message_id"))) {
                     messages.push(c);
@@ -321,10 +401,18 @@ async fn archived_among(
     Ok(out)
 }
 
-type Archived = Option<((String, String), Map<String, Value>)>;
+/// What a single-row update revealed, for the publishes and events after the commit.
+enum Changed {
+    Nothing,
+    /// This conversation was archived; here it is as a conversation object.
+    Archived((String, String), Map<String, Value>),
+    /// A presence write, and the transition it caused if any.
+    Presence(Option<PresenceChange>),
+}
 
-/// Single-row updates, in input order. They touch only rows that exist (no stub rows).
-async fn update_row(tx: &mut sqlx::Transaction<'_, sqlx::Any>, w: &Write) -> Result<Archived, sqlx::Error> {
+/// Single-row updates, in input order. Message and conversation updates touch only rows that
+/// exist (no stub rows).
+async fn update_row(tx: &mut sqlx::Transaction<'_, sqlx::Any>, w: &Write) -> Result<Changed, sqlx::Error> {
     match w {
         Write::MessageStatus {
             timeline_of,
@@ -374,12 +462,109 @@ async fn update_row(tx: &mut sqlx::Transaction<'_, sqlx::Any>, w: &Write) -> Res
                 let last: Map<String, Value> = serde_json::from_str(&body).unwrap_or_default();
                 let conv =
                     crate::plan::conversation_object(timeline_of, convers_with, &last, get_bool(&r, "is_new")?, true);
-                return Ok(Some(((timeline_of.clone(), convers_with.clone()), conv)));
+                return Ok(Changed::Archived((timeline_of.clone(), convers_with.clone()), conv));
             }
+        }
+        Write::Group(g) => upsert_group(tx, g).await?,
+        Write::Presence {
+            app,
+            user,
+            client_id,
+            connected,
+            at_ms,
+        } => {
+            return presence_row(tx, app, user, client_id, *connected, *at_ms)
+                .await
+                .map(Changed::Presence)
         }
         Write::Message(_) | Write::Conversation(_) => {}
     }
-    Ok(None)
+    Ok(Changed::Nothing)
+}
+
+async fn upsert_group(tx: &mut sqlx::Transaction<'_, sqlx::Any>, g: &Group) -> Result<(), sqlx::Error> {
+    let members: Map<String, Value> = g.members.iter().map(|m| (m.clone(), Value::from(1))).collect();
+    let attributes = g
+        .object
+        .get("attributes")
+        .filter(|a| !a.is_null())
+        .map(Value::to_string);
+    sqlx::query(
+        "INSERT INTO groups (uid, app_id, name, owner, members, attributes, created_on, updated_on, body) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (uid) DO UPDATE SET \
+         app_id = excluded.app_id, name = excluded.name, owner = excluded.owner, members = excluded.members, \
+         attributes = excluded.attributes, updated_on = excluded.updated_on, body = excluded.body",
+    )
+    .bind(g.uid.as_str())
+    .bind(g.app_id.as_str())
+    .bind(str_field(&g.object, "name"))
+    .bind(str_field(&g.object, "owner"))
+    .bind(json(&members))
+    .bind(attributes)
+    .bind(g.created_on)
+    .bind(g.updated_on)
+    .bind(json(&g.object))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Record one client's connect/disconnect; report the user's online/offline transition.
+async fn presence_row(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    app: &str,
+    user: &str,
+    client_id: &str,
+    connected: bool,
+    at_ms: i64,
+) -> Result<Option<PresenceChange>, sqlx::Error> {
+    let q = if connected {
+        sqlx::query(
+            "INSERT INTO presence_clients (app_id, user_id, client_id, since) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (app_id, user_id, client_id) DO NOTHING",
+        )
+    } else {
+        sqlx::query("DELETE FROM presence_clients WHERE app_id = $1 AND user_id = $2 AND client_id = $3")
+    };
+    let q = q.bind(app).bind(user).bind(client_id);
+    let q = if connected { q.bind(at_ms) } else { q };
+    q.execute(&mut **tx).await?;
+    let clients: i64 = sqlx::query("SELECT COUNT(*) FROM presence_clients WHERE app_id = $1 AND user_id = $2")
+        .bind(app)
+        .bind(user)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get(0)?;
+    let was_online = sqlx::query(
+        "SELECT CAST(CASE WHEN online THEN 1 ELSE 0 END AS BIGINT) AS online FROM presence \
+         WHERE app_id = $1 AND user_id = $2",
+    )
+    .bind(app)
+    .bind(user)
+    .fetch_optional(&mut **tx)
+    .await?
+    .map(|r| get_bool(&r, "online"))
+    .transpose()?
+    .unwrap_or(false);
+    let online = clients > 0;
+    sqlx::query(
+        "INSERT INTO presence (app_id, user_id, online, clients, last_seen) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (app_id, user_id) DO UPDATE SET online = excluded.online, clients = excluded.clients, \
+         last_seen = excluded.last_seen",
+    )
+    .bind(app)
+    .bind(user)
+    .bind(online)
+    .bind(clients)
+    .bind(at_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok((online != was_online).then(|| PresenceChange {
+        app_id: app.to_owned(),
+        user_id: user.to_owned(),
+        online,
+        at_ms,
+    }))
 }
 
 fn str_ref<'a>(m: &'a Map<String, Value>, k: &str) -> &'a str {
@@ -577,6 +762,79 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(again.messages("A", "B", 10).await.unwrap().len(), 2);
+    }
+
+    async fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db").display().to_string();
+        let store = Store::open(&Backend::Sqlite { path }).await.unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn groups_round_trip_in_member_order() {
+        let (_dir, store) = temp_store().await;
+        assert_eq!(store.group("g").await.unwrap(), None);
+        let obj = serde_json::json!({"uid":"g","name":"N","owner":"o","members":{"z":1,"a":1},"attributes":{"k":1}});
+        let g = Group::from_object("app", obj.as_object().unwrap(), 5).unwrap();
+        store.apply(&[Write::Group(Arc::new(g.clone()))]).await.unwrap();
+        assert_eq!(store.group("g").await.unwrap(), Some(g.clone()));
+        // An update replaces the membership and keeps the creation time.
+        let obj = serde_json::json!({"uid":"g","members":{"a":1}});
+        let g2 = Group::from_object("app", obj.as_object().unwrap(), 9).unwrap();
+        store.apply(&[Write::Group(Arc::new(g2))]).await.unwrap();
+        let got = store.group("g").await.unwrap().unwrap();
+        assert_eq!(got.members, vec!["a"]);
+        assert_eq!((got.created_on, got.updated_on), (5, 9));
+    }
+
+    #[tokio::test]
+    async fn presence_counts_clients_and_reports_transitions() {
+        let (_dir, store) = temp_store().await;
+        let p = |client: &str, connected: bool, at_ms: i64| Write::Presence {
+            app: "a".into(),
+            user: "U".into(),
+            client_id: client.into(),
+            connected,
+            at_ms,
+        };
+        let online = |at_ms| {
+            Some(PresenceChange {
+                app_id: "a".into(),
+                user_id: "U".into(),
+                online: true,
+                at_ms,
+            })
+        };
+        // One batch: results line up with the presence writes, in order.
+        let applied = store
+            .apply(&[p("c1", true, 1), p("c2", true, 2), p("c1", true, 3)])
+            .await
+            .unwrap();
+        assert_eq!(Vec::from(applied.presence), vec![online(1), None, None]);
+        // One of two clients leaves (twice: a redelivery changes nothing): still online.
+        for at in [4, 5] {
+            let applied = store.apply(&[p("c1", false, at)]).await.unwrap();
+            assert_eq!(Vec::from(applied.presence), vec![None]);
+        }
+        let row = store.presence("a", "U").await.unwrap().unwrap();
+        assert_eq!(
+            row,
+            StoredPresence {
+                online: true,
+                clients: 1,
+                last_seen: Some(5)
+            }
+        );
+        let applied = store.apply(&[p("c2", false, 6)]).await.unwrap();
+        let offline = PresenceChange {
+            app_id: "a".into(),
+            user_id: "U".into(),
+            online: false,
+            at_ms: 6,
+        };
+        assert_eq!(Vec::from(applied.presence), vec![Some(offline)]);
+        assert!(!store.presence("a", "U").await.unwrap().unwrap().online);
     }
 
     #[test]

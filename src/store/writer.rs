@@ -27,7 +27,7 @@ impl Job {
     }
 
     /// This job's share of what the batch changed (an un-archive goes to the first job that
-    /// wrote to that conversation).
+    /// wrote to that conversation). Jobs are asked in batch order.
     fn committed(&self, applied: &mut Applied) -> Committed {
         let mut c = Committed::default();
         for w in &self.writes {
@@ -47,6 +47,12 @@ impl Job {
                         let (t, w) = (&copy.timeline_of, &copy.convers_with);
                         c.unarchived
                             .push(conversation_object(t, w, &copy.message, copy.is_new, false));
+                    }
+                }
+                // Presence results come in write order; this job's are next in line.
+                Write::Presence { .. } => {
+                    if let Some(Some(change)) = applied.presence.pop_front() {
+                        c.presence.push(change);
                     }
                 }
                 _ => {}

@@ -1,0 +1,99 @@
+//! I8, a trusted service created or changed a group (PROTOCOL §4.4): store it (the caller
+//! also refreshes the group cache from the write, so the next message sees the new
+//! membership), then tell every `notify_to` user.
+
+use serde_json::Value;
+use std::sync::Arc;
+
+use crate::group::{member_ids, Group};
+use crate::message::RejectReason;
+use crate::plan::{Context, Plan, Publish, Write};
+use crate::topic::Topics;
+
+pub(super) fn group_update(topics: &Topics, app: &str, body: &[u8], ctx: &Context) -> Result<Plan, RejectReason> {
+    let payload = super::json_object(body)?;
+    let Some(Value::Object(object)) = payload.get("group") else {
+        return Err(RejectReason::BadGroup);
+    };
+    let notify_to = match payload.get("notify_to") {
+        Some(v @ Value::Object(_)) => member_ids(v)?,
+        _ => return Err(RejectReason::BadGroup),
+    };
+    let group = Group::from_object(app, object, ctx.now_ms)?;
+    // The app is the topic's (fix D22), whatever `group.appId` says.
+    let publishes = notify_to
+        .iter()
+        .map(|m| Ok(Publish::json(topics.group_updated(app, m, &group.uid)?, object)))
+        .collect::<Result<Vec<_>, RejectReason>>()?;
+    Ok(Plan {
+        publishes,
+        writes: vec![Write::Group(Arc::new(group))],
+        rejected: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handlers::testing::{lookup_in, settings};
+
+    fn run(body: &str) -> Result<Plan, RejectReason> {
+        let t = Topics::chat21("tilechat");
+        let (lookup, s) = (lookup_in(vec![]), settings());
+        let ctx = Context {
+            now_ms: 7,
+            fresh_id: &|| "id".to_string(),
+            groups: &lookup,
+            settings: &s,
+        };
+        group_update(&t, "tilechat", body.as_bytes(), &ctx)
+    }
+
+    #[test]
+    fn stores_and_notifies() {
+        let plan = run(
+            r#"{"group":{"uid":"g1","appId":"other","name":"N","members":{"A":1,"B":1}},"notify_to":{"A":1,"C":1}}"#,
+        )
+        .unwrap();
+        let keys: Vec<&str> = plan.publishes.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "apps.tilechat.users.A.groups.g1.clientupdated",
+                "apps.tilechat.users.C.groups.g1.clientupdated"
+            ]
+        );
+        let v: Value = serde_json::from_slice(&plan.publishes[0].body).unwrap();
+        assert_eq!(v["name"], "N");
+        let [Write::Group(g)] = plan.writes.as_slice() else {
+            panic!()
+        };
+        assert_eq!((g.uid.as_str(), g.app_id.as_str()), ("g1", "tilechat"));
+        assert_eq!(g.members, vec!["A", "B"]);
+    }
+
+    #[test]
+    fn bad_updates() {
+        assert_eq!(run(r#"{"group":{"uid":"g"}}"#).unwrap_err(), RejectReason::BadGroup);
+        assert_eq!(
+            run(r#"{"group":{"uid":"g"},"notify_to":[]}"#).unwrap_err(),
+            RejectReason::BadGroup
+        );
+        assert_eq!(
+            run(r#"{"group":"g","notify_to":{}}"#).unwrap_err(),
+            RejectReason::BadGroup
+        );
+        assert_eq!(
+            run(r#"{"group":{"name":"x"},"notify_to":{}}"#).unwrap_err(),
+            RejectReason::BadGroup
+        );
+        assert_eq!(
+            run(r#"{"group":{"uid":"g","members":7},"notify_to":{}}"#).unwrap_err(),
+            RejectReason::BadGroup
+        );
+        assert_eq!(
+            run(r#"{"group":{"uid":"g"},"notify_to":{"a b":1}}"#).unwrap_err(),
+            RejectReason::InvalidId
+        );
+    }
+}

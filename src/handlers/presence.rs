@@ -1,0 +1,89 @@
+//! I5, presence (PROTOCOL §7): a client announces `{"connected":true}` when it connects and
+//! leaves `{"disconnected":true}` as its MQTT last will. The store keeps the set of connected
+//! client ids per user (so a redelivered event changes nothing) and reports the online/offline
+//! transitions (fix D26: a user with two tabs stays online when one closes).
+
+use serde_json::Value;
+
+use crate::message::RejectReason;
+use crate::plan::{Context, Plan, Write};
+
+pub(super) fn presence(
+    app: &str,
+    user: &str,
+    client_id: &str,
+    body: &[u8],
+    ctx: &Context,
+) -> Result<Plan, RejectReason> {
+    if !ctx.settings.presence {
+        // Only reachable through a binding left by an earlier configuration.
+        return Err(RejectReason::Unsupported);
+    }
+    let msg = super::json_object(body)?;
+    let yes = |k: &str| msg.get(k) == Some(&Value::Bool(true));
+    let connected = match (yes("connected"), yes("disconnected")) {
+        (true, false) => true,
+        (false, true) => false,
+        _ => return Err(RejectReason::BadPayload),
+    };
+    Ok(Plan {
+        publishes: Vec::new(),
+        writes: vec![Write::Presence {
+            app: app.to_owned(),
+            user: user.to_owned(),
+            client_id: client_id.to_owned(),
+            connected,
+            at_ms: ctx.now_ms,
+        }],
+        rejected: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handlers::testing::{lookup_in, settings};
+    use crate::handlers::Settings;
+
+    fn run(body: &str, s: &Settings) -> Result<Plan, RejectReason> {
+        let lookup = lookup_in(vec![]);
+        let ctx = Context {
+            now_ms: 7,
+            fresh_id: &|| "id".to_string(),
+            groups: &lookup,
+            settings: s,
+        };
+        presence("t", "U", "c1", body.as_bytes(), &ctx)
+    }
+
+    #[test]
+    fn connect_and_disconnect() {
+        for (body, want) in [(r#"{"connected":true}"#, true), (r#"{"disconnected":true}"#, false)] {
+            let plan = run(body, &settings()).unwrap();
+            assert!(plan.publishes.is_empty());
+            assert!(matches!(
+                plan.writes.as_slice(),
+                [Write::Presence { connected, at_ms: 7, .. }] if *connected == want
+            ));
+        }
+    }
+
+    #[test]
+    fn unclear_or_disabled() {
+        for body in [
+            r#"{}"#,
+            r#"{"connected":true,"disconnected":true}"#,
+            r#"{"connected":"yes"}"#,
+        ] {
+            assert_eq!(run(body, &settings()).unwrap_err(), RejectReason::BadPayload, "{body}");
+        }
+        let off = Settings {
+            presence: false,
+            ..settings()
+        };
+        assert_eq!(
+            run(r#"{"connected":true}"#, &off).unwrap_err(),
+            RejectReason::Unsupported
+        );
+    }
+}

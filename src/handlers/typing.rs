@@ -1,0 +1,106 @@
+//! I6, typing (PROTOCOL §7): `{"typing":bool}` forwarded as `{"user_id":me,"typing":…}` to the
+//! other party, or to every member of a group but the typist. Transient (delivery_mode 1) and
+//! never persisted: a typing indicator is worthless a few seconds later.
+
+use serde_json::{json, Value};
+
+use super::Halt;
+use crate::group::GroupLookup;
+use crate::message::RejectReason;
+use crate::plan::{Context, Plan, Publish};
+use crate::topic::Topics;
+
+pub(super) fn typing(
+    topics: &Topics,
+    app: &str,
+    me: &str,
+    with: &str,
+    body: &[u8],
+    ctx: &Context,
+) -> Result<Plan, Halt> {
+    let msg = super::json_object(body)?;
+    let Some(typing) = msg.get("typing").and_then(Value::as_bool) else {
+        return Err(RejectReason::BadPayload.into());
+    };
+    let note = json!({"user_id": me, "typing": typing});
+    let transient = |key: String| {
+        let mut p = Publish::json(key, &note);
+        p.persistent = false;
+        p
+    };
+    if !super::send::is_group_message(&msg, with) {
+        return Ok(Plan::publishes(vec![transient(topics.typing_updated(app, with, me)?)]));
+    }
+    let publishes = match (ctx.groups)(with) {
+        GroupLookup::Unknown => return Err(Halt::NeedGroup(with.to_owned())),
+        // A transient or inline group has no one to tell beyond the typist.
+        GroupLookup::NotStored => Vec::new(),
+        GroupLookup::Stored(g) => {
+            if !g.is_member(me) && !ctx.settings.trusted_senders.contains(me) {
+                return Err(RejectReason::NotAMember.into());
+            }
+            g.members
+                .iter()
+                .filter(|m| *m != me && *m != with)
+                .map(|m| Ok(transient(topics.typing_updated(app, m, with)?)))
+                .collect::<Result<_, RejectReason>>()?
+        }
+    };
+    Ok(Plan::publishes(publishes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handlers::testing::{group, lookup_in, settings};
+
+    fn run(body: &str, me: &str, with: &str) -> Result<Plan, Halt> {
+        let t = Topics::chat21("t");
+        let (lookup, s) = (lookup_in(vec![group("group-1", &["A", "B", "C"])]), settings());
+        let ctx = Context {
+            now_ms: 7,
+            fresh_id: &|| "id".to_string(),
+            groups: &lookup,
+            settings: &s,
+        };
+        typing(&t, "t", me, with, body.as_bytes(), &ctx)
+    }
+
+    #[test]
+    fn direct_typing_is_forwarded_transient() {
+        let plan = run(r#"{"typing":true}"#, "A", "B").unwrap();
+        let [p] = plan.publishes.as_slice() else { panic!() };
+        assert_eq!(p.key, "apps.t.users.B.typing.A.clientupdated");
+        assert!(!p.persistent && p.copy.is_none());
+        assert_eq!(
+            serde_json::from_slice::<Value>(&p.body).unwrap(),
+            json!({"user_id":"A","typing":true})
+        );
+        assert!(plan.writes.is_empty());
+    }
+
+    #[test]
+    fn group_typing_reaches_the_other_members() {
+        let plan = run(r#"{"typing":false}"#, "B", "group-1").unwrap();
+        let keys: Vec<&str> = plan.publishes.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "apps.t.users.A.typing.group-1.clientupdated",
+                "apps.t.users.C.typing.group-1.clientupdated"
+            ]
+        );
+        assert_eq!(
+            run(r#"{"typing":true}"#, "X", "group-1").unwrap_err(),
+            Halt::Reject(RejectReason::NotAMember)
+        );
+        assert!(run(r#"{"typing":true}"#, "X", "group-2").unwrap().publishes.is_empty());
+    }
+
+    #[test]
+    fn bad_typing() {
+        for body in ["{}", r#"{"typing":"yes"}"#] {
+            assert_eq!(run(body, "A", "B").unwrap_err(), Halt::Reject(RejectReason::BadPayload));
+        }
+    }
+}
