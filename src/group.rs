@@ -4,7 +4,8 @@
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 use serde_json::{Map, Value};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::message::{is_valid_id, RejectReason};
@@ -95,6 +96,9 @@ impl From<Option<Arc<Group>>> for GroupLookup {
 /// replicas may have changed a group; the TTL bounds how stale a replica's view can be.
 pub struct GroupCache {
     cache: Cache<String, Option<Arc<Group>>>,
+    /// Group updates planned but not committed yet. Until their commit they are the truth
+    /// even if the cache evicted them: a store read would still return the old row.
+    uncommitted: Mutex<HashMap<String, Arc<Group>>>,
 }
 
 impl GroupCache {
@@ -109,19 +113,50 @@ impl GroupCache {
             .time_to_live(ttl)
             .eviction_policy(EvictionPolicy::lru())
             .build();
-        GroupCache { cache }
+        GroupCache {
+            cache,
+            uncommitted: Mutex::default(),
+        }
     }
 
     pub fn lookup(&self, uid: &str) -> GroupLookup {
+        if let Some(g) = self.pending().get(uid) {
+            return GroupLookup::Stored(g.clone());
+        }
         match self.cache.get(uid) {
             Some(g) => g.into(),
             None => GroupLookup::Unknown,
         }
     }
 
+    /// A group update was planned: it applies to every input planned after it. With a store
+    /// (`durable`), call [`GroupCache::committed`] once its write committed.
+    pub fn updated(&self, group: Arc<Group>, durable: bool) {
+        if durable {
+            self.pending().insert(group.uid.clone(), group.clone());
+        }
+        self.put(group.uid.clone(), Some(group));
+    }
+
+    /// This update is in the store now (unless a newer update of the group is still pending).
+    pub fn committed(&self, group: &Arc<Group>) {
+        let mut pending = self.pending();
+        if pending.get(&group.uid).is_some_and(|g| Arc::ptr_eq(g, group)) {
+            pending.remove(&group.uid);
+        }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Group>>> {
+        // The map is valid whatever a panicking holder did (single inserts and removes).
+        self.uncommitted.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Record what the store said (or what a group update just set).
     pub fn put(&self, uid: String, group: Option<Arc<Group>>) {
         self.cache.insert(uid, group);
+        // Apply the size bound now rather than lazily: puts are rare (misses and updates), and
+        // a bound that holds exactly is one an operator can size memory by.
+        self.cache.run_pending_tasks();
     }
 }
 
@@ -169,5 +204,21 @@ mod tests {
         let g = Arc::new(Group::from_object("a", &obj(json!({"uid":"g","members":{"x":1}})), 0).unwrap());
         c.put("g".into(), Some(g.clone()));
         assert_eq!(c.lookup("g"), GroupLookup::Stored(g));
+    }
+
+    #[test]
+    fn uncommitted_updates_survive_eviction_until_committed() {
+        // Too small to hold the group at all.
+        let c = GroupCache::new(1, Duration::from_secs(60));
+        let g = Arc::new(Group::from_object("a", &obj(json!({"uid":"g","members":{"x":1,"y":1}})), 0).unwrap());
+        c.updated(g.clone(), true);
+        assert_eq!(c.lookup("g"), GroupLookup::Stored(g.clone()));
+        // A newer update is pending: the older commit does not drop it.
+        let newer = Arc::new(Group::from_object("a", &obj(json!({"uid":"g","members":{"x":1}})), 1).unwrap());
+        c.updated(newer.clone(), true);
+        c.committed(&g);
+        assert_eq!(c.lookup("g"), GroupLookup::Stored(newer.clone()));
+        c.committed(&newer);
+        assert_eq!(c.lookup("g"), GroupLookup::Unknown, "evicted: the store has it now");
     }
 }

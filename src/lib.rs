@@ -36,7 +36,7 @@ pub struct Engine {
     pub metrics: Arc<Metrics>,
     pub settings: handlers::Settings,
     /// Group membership, read on the hot path (refreshed by every group update).
-    pub groups: group::GroupCache,
+    pub groups: Arc<group::GroupCache>,
     pub events: events::Events,
 }
 
@@ -46,7 +46,7 @@ impl Engine {
         let chain = policy::Chain::new(config.store.is_some());
         Ok(Arc::new(Engine {
             settings: handlers::Settings::from_config(&config),
-            groups: group::GroupCache::new(config.group_cache_size, config.group_cache_ttl),
+            groups: Arc::new(group::GroupCache::new(config.group_cache_size, config.group_cache_ttl)),
             events: events::Events::default(),
             config,
             topics: Arc::new(topics),

@@ -213,10 +213,17 @@ impl Session<'_> {
         }
         // A group update takes effect for the very next input, before its commit: inputs are
         // planned in delivery order, so membership changes and messages stay in order.
-        for w in &plan.writes {
-            if let Write::Group(g) = w {
-                engine.groups.put(g.uid.clone(), Some(g.clone()));
-            }
+        let durable = self.writer.is_some();
+        let groups: Vec<Arc<Group>> = plan
+            .writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Group(g) => Some(g.clone()),
+                _ => None,
+            })
+            .collect();
+        for g in &groups {
+            engine.groups.updated(g.clone(), durable);
         }
         self.make_room(plan.publishes.len()).await?;
         let writes = std::mem::take(&mut plan.writes);
@@ -226,6 +233,8 @@ impl Session<'_> {
             channel: self.publish_ch.clone(),
             events: engine.events.clone(),
             metrics: engine.metrics.clone(),
+            group_cache: engine.groups.clone(),
+            groups,
         });
         let refused = plan.rejected.is_some();
         let sends = self.publish(plan).await?;
@@ -430,12 +439,19 @@ struct FollowUp {
     channel: Channel,
     events: crate::events::Events,
     metrics: Arc<crate::metrics::Metrics>,
+    group_cache: Arc<crate::group::GroupCache>,
+    /// Group updates of this input, no longer "uncommitted" once the commit is done.
+    groups: Vec<Arc<Group>>,
 }
 
 impl FollowUp {
     /// Emit the events, publish and wait for the confirms; true when every one was confirmed.
     async fn publish(self, committed: &Committed) -> bool {
-        // The commit happened whatever the publishes do: its events are facts now.
+        // The commit happened whatever the publishes do: its events are facts now, and its
+        // group updates are what a store read returns.
+        for g in &self.groups {
+            self.group_cache.committed(g);
+        }
         for change in &committed.presence {
             self.metrics.presence_changed(change.online);
             self.events.emit(Event::Presence(change.clone()));

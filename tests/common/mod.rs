@@ -123,6 +123,45 @@ pub async fn fresh_pg_schema() -> String {
     format!("{base}?options[search_path]={schema}")
 }
 
+/// Which store an engine under test uses.
+#[derive(Clone, Copy, Debug)]
+pub enum Db {
+    /// A SQLite file in the broker's temp dir.
+    Sqlite,
+    /// A fresh schema in the machine's PostgreSQL.
+    Postgres,
+}
+
+/// An engine on `db`, with extra environment.
+pub async fn engine_with(b: &Broker, db: Db, extra: &[(&str, &str)]) -> EngineProc {
+    let url = match db {
+        Db::Sqlite => None,
+        Db::Postgres => Some(fresh_pg_schema().await),
+    };
+    let mut env: Vec<(&str, &str)> = extra.to_vec();
+    if let Some(url) = &url {
+        env.push(("DATABASE_URL", url.as_str()));
+    }
+    EngineProc::start(b, &env).await
+}
+
+/// Poll until `f` is satisfied (writes commit before the ack, but the test reads through
+/// its own connection, possibly a moment before the copy reaches the test's inbox).
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Open the engine's store from the test (SQLite in WAL mode allows a second reader).
 pub async fn open_store(url: &str) -> chat21_engine::store::Store {
     let backend = chat21_engine::store::Backend::parse(url).unwrap().expect("a store");
@@ -315,6 +354,7 @@ pub struct Mqtt {
     stash: std::collections::VecDeque<(String, Value)>,
     pub user: String,
     pub app: String,
+    pub client_id: String,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -347,16 +387,46 @@ impl Mqtt {
         via: Via,
         reconnect: bool,
     ) -> Result<Mqtt, String> {
+        Self::try_connect_as(broker, app, user, token, via, reconnect, false).await
+    }
+
+    /// Like a Chat21 client with presence: a last will `{"disconnected":true}` on
+    /// `apps/{app}/users/{user}/presence/{client_id}`, then `{"connected":true}` there.
+    /// Dropping the client without DISCONNECT makes the broker publish the will.
+    pub async fn connect_with_presence(broker: &Broker, app: &str, user: &str) -> Mqtt {
+        let token = broker.token(app, user);
+        let m = Self::try_connect_as(broker, app, user, &token, Via::Tcp, false, true)
+            .await
+            .expect("CONNACK");
+        let topic = format!("apps.{app}.users.{user}.presence.{}", m.client_id);
+        m.publish(&topic, br#"{"connected":true}"#).await;
+        m
+    }
+
+    async fn try_connect_as(
+        broker: &Broker,
+        app: &str,
+        user: &str,
+        token: &str,
+        via: Via,
+        reconnect: bool,
+        presence_will: bool,
+    ) -> Result<Mqtt, String> {
         let client_id = format!("c{}", uuid::Uuid::new_v4().simple());
+        let will_topic = format!("apps/{app}/users/{user}/presence/{client_id}");
         let mut opts = match via {
-            Via::Tcp => MqttOptions::new(client_id, "127.0.0.1", broker.mqtt_port),
+            Via::Tcp => MqttOptions::new(client_id.clone(), "127.0.0.1", broker.mqtt_port),
             Via::Ws => {
-                let mut o = MqttOptions::new(client_id, broker.ws_url.clone(), 0);
+                let mut o = MqttOptions::new(client_id.clone(), broker.ws_url.clone(), 0);
                 o.set_transport(Transport::Ws);
                 o
             }
         };
         opts.set_credentials("JWT", token);
+        if presence_will {
+            let will = rumqttc::LastWill::new(will_topic, r#"{"disconnected":true}"#, QoS::AtLeastOnce, false);
+            opts.set_last_will(will);
+        }
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_clean_session(true);
         opts.set_max_packet_size(1 << 20, 1 << 20);
@@ -390,6 +460,7 @@ impl Mqtt {
             stash: Default::default(),
             user: user.to_string(),
             app: app.to_string(),
+            client_id,
             task,
         };
         match m.next_event(Duration::from_secs(10)).await {
@@ -549,6 +620,15 @@ impl Tap {
 
     /// Drain everything currently in the queue.
     pub async fn drain(&self) -> Vec<(String, Value)> {
+        self.drain_with_mode()
+            .await
+            .into_iter()
+            .map(|(k, v, _)| (k, v))
+            .collect()
+    }
+
+    /// Drain, with each message's delivery mode (1 transient, 2 persistent).
+    pub async fn drain_with_mode(&self) -> Vec<(String, Value, u8)> {
         use lapin::options::BasicGetOptions;
         let mut out = Vec::new();
         while let Some(m) = self
@@ -560,7 +640,19 @@ impl Tap {
             out.push((
                 m.delivery.routing_key.to_string(),
                 serde_json::from_slice(&m.delivery.data).unwrap_or(Value::Null),
+                m.delivery.properties.delivery_mode().unwrap_or(0),
             ));
+        }
+        out
+    }
+
+    /// Drain until `n` messages arrived (or 15 s passed).
+    pub async fn wait_for(&self, n: usize) -> Vec<(String, Value, u8)> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut out = Vec::new();
+        while out.len() < n && Instant::now() < deadline {
+            out.extend(self.drain_with_mode().await);
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         out
     }

@@ -7,5 +7,6 @@ mod common;
 mod cli;
 mod direct;
 mod engine_kill;
+mod groups;
 mod persistence;
 mod security;

@@ -6,39 +6,6 @@ use chat21_engine::store::Store;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
-#[derive(Clone, Copy, Debug)]
-enum Db {
-    Sqlite,
-    Postgres,
-}
-
-async fn engine_with(b: &Broker, db: Db) -> EngineProc {
-    match db {
-        Db::Sqlite => EngineProc::start(b, &[]).await,
-        Db::Postgres => {
-            let url = fresh_pg_schema().await;
-            EngineProc::start(b, &[("DATABASE_URL", url.as_str())]).await
-        }
-    }
-}
-
-/// Poll until `f` is satisfied (writes commit before the ack, but the test reads through
-/// its own connection, possibly a moment before the copy reaches the test's inbox).
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn send(b: &Broker, e: &EngineProc, from: &str, to: &str, body: serde_json::Value) {
     let mut c = Mqtt::connect(b, &e.app, from, Via::Tcp).await;
     c.publish_acked(&e.topics().outgoing(from, to), body.to_string().as_bytes())
@@ -48,7 +15,7 @@ async fn send(b: &Broker, e: &EngineProc, from: &str, to: &str, body: serde_json
 
 async fn history_and_conversations(db: Db) {
     let b = broker();
-    let e = engine_with(b, db).await;
+    let e = engine_with(b, db, &[]).await;
     let (u1, u2) = (fresh("u"), fresh("u"));
     send(
         b,
@@ -97,7 +64,7 @@ async fn history_and_conversations_postgres() {
 /// `updateconversation: false` leaves the conversation alone.
 async fn idempotent_and_newest_wins(db: Db) {
     let b = broker();
-    let e = engine_with(b, db).await;
+    let e = engine_with(b, db, &[]).await;
     let (u1, u2) = (fresh("u"), fresh("u"));
     let new = json!({"text": "new", "message_id": "m2", "timestamp": 2000});
     let old = json!({"text": "old", "message_id": "m1", "timestamp": 1000});
@@ -137,7 +104,7 @@ async fn idempotent_and_newest_wins_postgres() {
 /// History survives an engine restart (and the restarted engine keeps writing).
 async fn restart_keeps_history(db: Db) {
     let b = broker();
-    let mut e = engine_with(b, db).await;
+    let mut e = engine_with(b, db, &[]).await;
     let (u1, u2) = (fresh("u"), fresh("u"));
     send(
         b,
@@ -259,7 +226,7 @@ async fn store_outage_mid_stream_loses_nothing() {
 /// no row; statuses other than 200 are ignored and counted.
 async fn receipt_flow(db: Db) {
     let b = broker();
-    let e = engine_with(b, db).await;
+    let e = engine_with(b, db, &[]).await;
     let (u1, u2) = (fresh("u"), fresh("u"));
     let mut c1 = Mqtt::connect(b, &e.app, &u1, Via::Tcp).await;
     c1.subscribe_inbox().await;
@@ -323,7 +290,7 @@ async fn receipt_flow_postgres() {
 /// Conversation update (§6): only `is_new` is taken, stored, and echoed to the user's devices.
 async fn conversation_update_flow(db: Db) {
     let b = broker();
-    let e = engine_with(b, db).await;
+    let e = engine_with(b, db, &[]).await;
     let (u1, u2) = (fresh("u"), fresh("u"));
     send(b, &e, &u1, &u2, json!({"text": "hi"})).await;
     let store = open_store(&e.database_url).await;
@@ -373,7 +340,7 @@ async fn conversation_update_flow_postgres() {
 /// `archived_conversations…clientdeleted`.
 async fn archive_and_unarchive_flow(db: Db) {
     let b = broker();
-    let e = engine_with(b, db).await;
+    let e = engine_with(b, db, &[]).await;
     let (u1, u2) = (fresh("u"), fresh("u"));
     let app = e.app.clone();
     send(b, &e, &u2, &u1, json!({"text": "hello", "timestamp": 1000})).await;
