@@ -53,6 +53,11 @@ struct Args {
     /// postgres:// URL.
     #[arg(long, default_value = "off")]
     store: String,
+    /// Group fan-out instead of direct messages: every message goes to one stored group of
+    /// this many members (plus the group timeline); senders are its first members. The relay
+    /// does the same fan-out with the member list given up front.
+    #[arg(long, default_value_t = 0)]
+    group_size: usize,
     /// Use an already running broker (AMQP URI with admin rights) instead of a private node.
     #[arg(long)]
     amqp_uri: Option<String>,
@@ -103,9 +108,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             (node.amqp_uri.clone(), Some(node))
         }
     };
+    let shape = match args.group_size {
+        0 => format!("{} senders to {} recipients", args.senders, args.recipients),
+        n => format!(
+            "{} senders to a group of {n} (fan-out {} copies)",
+            args.senders.min(n),
+            n + 1
+        ),
+    };
     eprintln!(
-        "bench: {} rounds; burst {} msgs from {} senders to {} recipients; latency {} msg/s for {} s; prefetch {}; engine store {}",
-        args.rounds, args.messages, args.senders, args.recipients, args.rate, args.seconds, args.prefetch, args.store
+        "bench: {} rounds; burst {} msgs from {shape}; latency {} msg/s for {} s; prefetch {}; engine store {}",
+        args.rounds, args.messages, args.rate, args.seconds, args.prefetch, args.store
     );
     let conn = Connection::connect(&uri, Default::default()).await?;
     let mut results: HashMap<Subject, Vec<RoundResult>> = HashMap::new();
@@ -149,8 +162,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn report(results: &HashMap<Subject, Vec<RoundResult>>, args: &Args) {
     let med = |s: Subject, f: fn(&RoundResult) -> f64| median(results[&s].iter().map(f).collect());
+    let fanout = match args.group_size {
+        0 => String::new(),
+        n => format!(", group of {n}: each message is {} copies", n + 1),
+    };
     println!(
-        "\nmedians of {} rounds (burst {} msgs, latency at {} msg/s):",
+        "\nmedians of {} rounds (burst {} msgs, latency at {} msg/s{fanout}):",
         args.rounds, args.messages, args.rate
     );
     println!("| subject | throughput msg/s | CPU µs/msg | peak RSS MB | p50 ms | p99 ms | p99.9 ms |");
@@ -189,8 +206,29 @@ async fn run_round(
     // The subject's queue and bindings exist before it starts, so the burst waits in it.
     chat21_engine::broker::topology::declare(&ch, &queue, &topics.bindings(), &[]).await?;
     let epoch = Instant::now();
-    let sink = Sink::start(conn, &app, args.recipients, epoch).await?;
+    let sink = Sink::start(conn, &app, args, epoch).await?;
+    // Copies per message the sink counts: the recipient's, or every member's + the timeline.
+    let fanout = if args.group_size > 0 {
+        args.group_size as u64 + 1
+    } else {
+        1
+    };
 
+    // The group is created the way a service does it, as the first input in the queue.
+    ch.confirm_select(Default::default()).await?;
+    if args.group_size > 0 {
+        let members: serde_json::Map<_, _> = (0..args.group_size).map(|i| (member(i), 1.into())).collect();
+        let update = serde_json::json!({"group": {"uid": GROUP, "name": "bench", "members": members}, "notify_to": {}});
+        ch.basic_publish(
+            "amq.topic".into(),
+            topics.group_update(&app).as_str().into(),
+            BasicPublishOptions::default(),
+            update.to_string().as_bytes(),
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await?
+        .await?;
+    }
     // Burst: queue N messages, then start the subject and time the drain.
     publish_burst(&ch, &topics, args, epoch).await?;
     // The relay has no store; the engine gets the configured one (a fresh database per round).
@@ -198,19 +236,21 @@ async fn run_round(
         "sqlite" => format!("sqlite://{}/bench-{app}.db", std::env::temp_dir().display()),
         other => other.to_string(),
     };
-    let mut child = spawn_subject(bin_dir, subject, uri, &app, &queue, args.prefetch, &store)?;
+    let mut child = spawn_subject(bin_dir, subject, uri, &app, &queue, args, &store)?;
     let pid = child.id();
     let cpu0 = cpu_seconds(pid);
-    let (first, last) = sink.wait_for(args.messages as u64, Duration::from_secs(300)).await?;
+    let copies = args.messages as u64 * fanout;
+    let (first, last) = sink.wait_for(copies, Duration::from_secs(300)).await?;
     let cpu1 = cpu_seconds(pid);
     let rss = peak_rss_mb(pid);
-    let msgs_per_sec = (args.messages as f64 - 1.0) / (last - first).as_secs_f64().max(1e-9);
+    // Messages (not copies) per second, so direct and group runs read the same way.
+    let msgs_per_sec = (copies as f64 - 1.0) / fanout as f64 / (last - first).as_secs_f64().max(1e-9);
 
     // Latency at a fixed rate.
     sink.reset();
     let total = args.rate * args.seconds;
     publish_paced(&ch, &topics, args, epoch, total).await?;
-    sink.wait_for(total, Duration::from_secs(120)).await?;
+    sink.wait_for(total * fanout, Duration::from_secs(120)).await?;
     let lat = sink.latencies_ms();
 
     let _ = child.kill();
@@ -234,11 +274,18 @@ async fn run_round(
     })
 }
 
-fn body(n: usize, epoch: Instant) -> Vec<u8> {
+/// The benchmark group's id and member ids.
+const GROUP: &str = "group-bench";
+
+fn member(i: usize) -> String {
+    format!("m{i}")
+}
+
+fn body(n: usize, epoch: Instant, args: &Args) -> Vec<u8> {
     serde_json::json!({
         "text": format!("hello, this is benchmark message number {n}"),
         "type": "text",
-        "channel_type": "direct",
+        "channel_type": if args.group_size > 0 { "group" } else { "direct" },
         "sender_fullname": "Bench Sender",
         "recipient_fullname": "Bench Recipient",
         "attributes": {"client": "bench", "lang": "en"},
@@ -250,6 +297,9 @@ fn body(n: usize, epoch: Instant) -> Vec<u8> {
 }
 
 fn route(topics: &Topics, n: usize, args: &Args) -> String {
+    if args.group_size > 0 {
+        return topics.outgoing(&member(n % args.senders.min(args.group_size)), GROUP);
+    }
     let s = n % args.senders;
     let r = (n / args.senders) % args.recipients;
     topics.outgoing(&format!("s{s}"), &format!("r{r}"))
@@ -261,14 +311,13 @@ async fn publish_burst(
     args: &Args,
     epoch: Instant,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    ch.confirm_select(Default::default()).await?;
     let props = BasicProperties::default().with_delivery_mode(2);
     for n in 0..args.messages {
         ch.basic_publish(
             "amq.topic".into(),
             route(topics, n, args).as_str().into(),
             BasicPublishOptions::default(),
-            &body(n, epoch),
+            &body(n, epoch, args),
             props.clone(),
         )
         .await?;
@@ -294,7 +343,7 @@ async fn publish_paced(
             "amq.topic".into(),
             route(topics, n as usize, args).as_str().into(),
             BasicPublishOptions::default(),
-            &body(n as usize, epoch),
+            &body(n as usize, epoch, args),
             props.clone(),
         )
         .await?;
@@ -316,7 +365,7 @@ impl Sink {
     async fn start(
         conn: &Connection,
         app: &str,
-        recipients: usize,
+        args: &Args,
         epoch: Instant,
     ) -> Result<Sink, Box<dyn std::error::Error>> {
         let ch = conn.create_channel().await?;
@@ -327,8 +376,13 @@ impl Sink {
             ..Default::default()
         };
         ch.queue_declare(q.as_str().into(), opts, FieldTable::default()).await?;
-        for r in 0..recipients {
-            let key = format!("apps.{app}.users.r{r}.messages.*.clientadded");
+        let keys: Vec<String> = match args.group_size {
+            0 => (0..args.recipients)
+                .map(|r| format!("apps.{app}.users.r{r}.messages.*.clientadded"))
+                .collect(),
+            _ => vec![format!("apps.{app}.users.*.messages.{GROUP}.clientadded")],
+        };
+        for key in keys {
             ch.queue_bind(
                 q.as_str().into(),
                 "amq.topic".into(),
@@ -419,9 +473,10 @@ fn spawn_subject(
     uri: &str,
     app: &str,
     queue: &str,
-    prefetch: u16,
+    args: &Args,
     store: &str,
 ) -> std::io::Result<Child> {
+    let members: Vec<String> = (0..args.group_size).map(member).collect();
     let bin = bin_dir.join(match subject {
         Subject::Engine => "chat21-engine",
         Subject::Relay => "relay",
@@ -431,7 +486,9 @@ fn spawn_subject(
         .env("RABBITMQ_URI", uri)
         .env("APP_ID", app)
         .env("QUEUE_NAME", queue)
-        .env("PREFETCH_MESSAGES", prefetch.to_string())
+        .env("PREFETCH_MESSAGES", args.prefetch.to_string())
+        .env("GROUP_ID", if args.group_size > 0 { GROUP } else { "" })
+        .env("GROUP_MEMBERS", members.join(","))
         .env("HTTP_PORT", "0")
         .env("DATABASE_URL", store)
         .env("LOG_LEVEL", "warn")

@@ -2,7 +2,11 @@
 //! queue, publish the body unchanged to the sender's and the recipient's inbox keys, ack
 //! after both confirms (pipelined, like the engine). No JSON, no policies, no metrics.
 //!
-//! Env: RABBITMQ_URI, APP_ID, QUEUE_NAME, PREFETCH_MESSAGES.
+//! For the group benchmark it fans a message to group GROUP_ID out the way the engine does —
+//! every member of GROUP_MEMBERS (comma-separated, known up front: no lookup) plus the group
+//! timeline — with the body unchanged.
+//!
+//! Env: RABBITMQ_URI, APP_ID, QUEUE_NAME, PREFETCH_MESSAGES, GROUP_ID, GROUP_MEMBERS.
 
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
@@ -23,6 +27,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .and_then(|p| p.parse().ok())
         .unwrap_or(256);
     let topics = Topics::chat21(&app);
+    let group_id = std::env::var("GROUP_ID").unwrap_or_default();
+    let mut group_members: Vec<String> = std::env::var("GROUP_MEMBERS")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|m| !m.is_empty())
+        .map(str::to_owned)
+        .collect();
+    group_members.push(group_id.clone());
 
     let conn = Connection::connect(&uri, ConnectionProperties::default()).await?;
     let consume = conn.create_channel().await?;
@@ -58,9 +70,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     delivery.acker.ack(BasicAckOptions::default()).await?;
                     continue;
                 };
-                let mut confirms = Vec::with_capacity(2);
-                for (a, b) in [(&sender, &recipient), (&recipient, &sender)] {
-                    let key = topics.message_added(&app, a, b).unwrap_or_default();
+                let keys: Vec<String> = if !group_id.is_empty() && recipient == group_id {
+                    group_members.iter().map(|m| topics.message_added(&app, m, &group_id).unwrap_or_default()).collect()
+                } else {
+                    [(&sender, &recipient), (&recipient, &sender)]
+                        .iter()
+                        .map(|(a, b)| topics.message_added(&app, a, b).unwrap_or_default())
+                        .collect()
+                };
+                let mut confirms = Vec::with_capacity(keys.len());
+                for key in keys {
                     confirms.push(
                         publish
                             .basic_publish("amq.topic".into(), key.as_str().into(), BasicPublishOptions::default(), &delivery.data, props.clone())

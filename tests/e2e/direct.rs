@@ -163,11 +163,12 @@ async fn bad_inputs_are_rejected_and_counted_while_good_ones_flow() {
     )
     .await
     .unwrap();
-    // Group messages are not direct messages: rejected until groups exist.
-    c1.publish_acked(&out.replace(&u2, "group-abc"), br#"{"text":"g"}"#)
+    // A group message whose inline `group` is not an object.
+    c1.publish_acked(&out.replace(&u2, "group-abc"), br#"{"text":"g","group":[1]}"#)
         .await
         .unwrap();
-    c1.publish_acked(&out, br#"{"text":"to a group","channel_type":"group"}"#)
+    // Typing whose `typing` is not a boolean.
+    c1.publish_acked(&t.typing(&app, &u1, &u2), br#"{"typing":"yes"}"#)
         .await
         .unwrap();
     c1.publish_acked(&out, br#"{"text":"good"}"#).await.unwrap();
@@ -181,7 +182,8 @@ async fn bad_inputs_are_rejected_and_counted_while_good_ones_flow() {
     assert_eq!(engine.metric(&m("not_json")).await, 2.0);
     assert_eq!(engine.metric(&m("not_object")).await, 2.0);
     assert_eq!(engine.metric(&m("invalid_id")).await, 1.0);
-    assert_eq!(engine.metric(&m("unsupported")).await, 2.0);
+    assert_eq!(engine.metric(&m("bad_group")).await, 1.0);
+    assert_eq!(engine.metric(&m("bad_payload")).await, 1.0);
     assert_eq!(engine.metric(r#"chat21_inputs_in_flight"#).await, 0.0);
     let log = engine.log_text();
     assert_eq!(log.matches("input rejected").count(), 7, "logged once each:\n{log}");
