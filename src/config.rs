@@ -32,7 +32,11 @@ pub const VARIABLES: &[Variable] = &[
     Variable { name: "TRUSTED_SENDERS", default: "system", help: "Comma-separated user ids that may write to stored groups they are not members of (and, later, skip rate limits)" },
     Variable { name: "MAX_INLINE_GROUP_MEMBERS", default: "100", help: "Most members of an inline (volatile) group in a message's `group.members`; more is rejected too_many_members" },
     Variable { name: "GROUP_CACHE_SIZE", default: "1000000", help: "Group cache bound, in member slots (a group weighs 1 + its member count)" },
-    Variable { name: "GROUP_CACHE_TTL", default: "5m", help: "How long a cached group (or its absence) is trusted; bounds staleness across engine replicas" },
+    Variable { name: "BLOCK_CACHE_SIZE", default: "1000000", help: "Block-list cache bound, in entries (a user weighs 1 + the number of users they blocked)" },
+    Variable { name: "CACHE_TTL", default: "5m", help: "How long a cached group or block list (or its absence) is trusted; bounds staleness across engine replicas" },
+    Variable { name: "RATE_LIMIT_PER_MIN", default: "600", help: "Messages a sender may send per minute (token bucket; 0 = no rate limit); TRUSTED_SENDERS are exempt" },
+    Variable { name: "RATE_LIMIT_BURST", default: "", help: "Bucket size: messages a sender may send at once (default: RATE_LIMIT_PER_MIN)" },
+    Variable { name: "POLICY_FILE", default: "", help: "Content rules (.toml or .json): max text size, deny patterns (reject or mask), per-app overrides; reloaded on SIGHUP. See deploy/policy.example.toml" },
     Variable { name: "PRESENCE_ENABLED", default: "false", help: "Consume presence (I5): count each user's connected clients, record online/offline and last seen (needs a store)" },
     Variable { name: "PUBLISH_WINDOW", default: "4096", help: "Most publishes awaiting a broker confirm at once (older inputs settle first)" },
     Variable { name: "HTTP_PORT", default: "8004", help: "Port of /healthz, /readyz, /metrics (0 = disabled)" },
@@ -90,8 +94,14 @@ struct Raw {
     max_inline_group_members: usize,
     #[serde(default = "d_group_cache_size")]
     group_cache_size: u64,
-    #[serde(default = "d_group_cache_ttl")]
-    group_cache_ttl: String,
+    #[serde(default = "d_group_cache_size")]
+    block_cache_size: u64,
+    #[serde(default = "d_cache_ttl")]
+    cache_ttl: String,
+    #[serde(default = "d_rate_limit")]
+    rate_limit_per_min: u32,
+    rate_limit_burst: Option<u32>,
+    policy_file: Option<String>,
     #[serde(default)]
     presence_enabled: bool,
     #[serde(default = "d_http_port")]
@@ -149,8 +159,11 @@ fn d_inline_members() -> usize {
 fn d_group_cache_size() -> u64 {
     1_000_000
 }
-fn d_group_cache_ttl() -> String {
+fn d_cache_ttl() -> String {
     "5m".into()
+}
+fn d_rate_limit() -> u32 {
+    600
 }
 fn d_http_port() -> u16 {
     8004
@@ -205,7 +218,14 @@ pub struct Config {
     pub trusted_senders: std::collections::HashSet<String>,
     pub max_inline_group_members: usize,
     pub group_cache_size: u64,
-    pub group_cache_ttl: Duration,
+    pub block_cache_size: u64,
+    /// TTL of the group and block-list caches.
+    pub cache_ttl: Duration,
+    /// (per minute, burst); None = no rate limit.
+    pub rate_limit: Option<(std::num::NonZeroU32, std::num::NonZeroU32)>,
+    pub policy_file: Option<std::path::PathBuf>,
+    /// The policy file, loaded and validated.
+    pub policy: Option<std::sync::Arc<crate::policy::Policy>>,
     pub presence_enabled: bool,
     /// None = persistence off.
     pub store: Option<crate::store::Backend>,
@@ -338,17 +358,31 @@ impl Config {
         if raw.max_inline_group_members == 0 {
             return Err(bad("MAX_INLINE_GROUP_MEMBERS must be at least 1"));
         }
-        if raw.group_cache_size == 0 {
-            return Err(bad("GROUP_CACHE_SIZE must be at least 1"));
+        if raw.group_cache_size == 0 || raw.block_cache_size == 0 {
+            return Err(bad("GROUP_CACHE_SIZE and BLOCK_CACHE_SIZE must be at least 1"));
         }
-        let group_cache_ttl = parse_duration(&raw.group_cache_ttl)
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| {
-                bad(format!(
-                    "GROUP_CACHE_TTL {:?} is not a positive duration (e.g. 300, 5m)",
-                    raw.group_cache_ttl
-                ))
-            })?;
+        let cache_ttl = parse_duration(&raw.cache_ttl).filter(|d| !d.is_zero()).ok_or_else(|| {
+            bad(format!(
+                "CACHE_TTL {:?} is not a positive duration (e.g. 300, 5m)",
+                raw.cache_ttl
+            ))
+        })?;
+        let rate_limit = match std::num::NonZeroU32::new(raw.rate_limit_per_min) {
+            None => None,
+            Some(per_min) => {
+                let burst = raw.rate_limit_burst.unwrap_or(per_min.get());
+                let burst =
+                    std::num::NonZeroU32::new(burst).ok_or_else(|| bad("RATE_LIMIT_BURST must be at least 1"))?;
+                Some((per_min, burst))
+            }
+        };
+        let policy_file = raw.policy_file.map(std::path::PathBuf::from);
+        let policy = match &policy_file {
+            Some(path) => Some(std::sync::Arc::new(
+                crate::policy::Policy::load(path).map_err(|e| bad(e.to_string()))?,
+            )),
+            None => None,
+        };
         if raw.presence_enabled && store.is_none() {
             return Err(bad(
                 "PRESENCE_ENABLED=true needs a store (DATABASE_URL is off): presence state lives there",
@@ -376,7 +410,11 @@ impl Config {
             trusted_senders,
             max_inline_group_members: raw.max_inline_group_members,
             group_cache_size: raw.group_cache_size,
-            group_cache_ttl,
+            block_cache_size: raw.block_cache_size,
+            cache_ttl,
+            rate_limit,
+            policy_file,
+            policy,
             presence_enabled: raw.presence_enabled,
             store,
             http_port: raw.http_port,

@@ -1,13 +1,11 @@
 //! Groups (PROTOCOL §4): the group object, its member list, and the membership cache that
 //! keeps store reads off the hot path.
 
-use moka::policy::EvictionPolicy;
-use moka::sync::Cache;
 use serde_json::{Map, Value};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cache::Lookaside;
 use crate::message::{is_valid_id, RejectReason};
 
 /// A group as the store and the fan-out see it.
@@ -87,76 +85,46 @@ impl From<Option<Arc<Group>>> for GroupLookup {
     }
 }
 
-/// Bounded, expiring cache of group lookups, absent groups included (a transient group is
-/// written to many times before a service creates it).
-///
-/// Why LRU and not moka's default TinyLFU: a group just written by a group update must be
-/// admitted at once, so the next message sees the new membership even before the store
-/// commit (TinyLFU may refuse a new entry when the cache is full). Why a TTL: other engine
-/// replicas may have changed a group; the TTL bounds how stale a replica's view can be.
+/// Group lookups, absent groups included (a transient group is written to many times before
+/// a service creates it). See [`Lookaside`] for the eviction and overlay rules.
 pub struct GroupCache {
-    cache: Cache<String, Option<Arc<Group>>>,
-    /// Group updates planned but not committed yet. Until their commit they are the truth
-    /// even if the cache evicted them: a store read would still return the old row.
-    uncommitted: Mutex<HashMap<String, Arc<Group>>>,
+    cache: Lookaside<Option<Arc<Group>>>,
 }
 
 impl GroupCache {
     /// `capacity`: most member slots held (a group weighs 1 + its member count).
     pub fn new(capacity: u64, ttl: Duration) -> Self {
-        let cache = Cache::builder()
-            .max_capacity(capacity)
-            .weigher(|_: &String, g: &Option<Arc<Group>>| {
-                let members = g.as_ref().map_or(0, |g| g.members.len());
-                u32::try_from(members + 1).unwrap_or(u32::MAX)
-            })
-            .time_to_live(ttl)
-            .eviction_policy(EvictionPolicy::lru())
-            .build();
+        let weigh = |g: &Option<Arc<Group>>| {
+            let members = g.as_ref().map_or(0, |g| g.members.len());
+            u32::try_from(members + 1).unwrap_or(u32::MAX)
+        };
         GroupCache {
-            cache,
-            uncommitted: Mutex::default(),
+            cache: Lookaside::new(capacity, ttl, weigh),
         }
     }
 
     pub fn lookup(&self, uid: &str) -> GroupLookup {
-        if let Some(g) = self.pending().get(uid) {
-            return GroupLookup::Stored(g.clone());
-        }
         match self.cache.get(uid) {
             Some(g) => g.into(),
             None => GroupLookup::Unknown,
         }
     }
 
+    /// Record what the store said.
+    pub fn put(&self, uid: String, group: Option<Arc<Group>>) {
+        self.cache.put(uid, group);
+    }
+
     /// A group update was planned: it applies to every input planned after it. With a store
     /// (`durable`), call [`GroupCache::committed`] once its write committed.
     pub fn updated(&self, group: Arc<Group>, durable: bool) {
-        if durable {
-            self.pending().insert(group.uid.clone(), group.clone());
-        }
-        self.put(group.uid.clone(), Some(group));
+        self.cache.changed(group.uid.clone(), Some(group), durable);
     }
 
-    /// This update is in the store now (unless a newer update of the group is still pending).
+    /// This update is in the store now.
     pub fn committed(&self, group: &Arc<Group>) {
-        let mut pending = self.pending();
-        if pending.get(&group.uid).is_some_and(|g| Arc::ptr_eq(g, group)) {
-            pending.remove(&group.uid);
-        }
-    }
-
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Group>>> {
-        // The map is valid whatever a panicking holder did (single inserts and removes).
-        self.uncommitted.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Record what the store said (or what a group update just set).
-    pub fn put(&self, uid: String, group: Option<Arc<Group>>) {
-        self.cache.insert(uid, group);
-        // Apply the size bound now rather than lazily: puts are rare (misses and updates), and
-        // a bound that holds exactly is one an operator can size memory by.
-        self.cache.run_pending_tasks();
+        self.cache
+            .committed(&group.uid, |g| g.as_ref().is_some_and(|g| Arc::ptr_eq(g, group)));
     }
 }
 
@@ -207,18 +175,12 @@ mod tests {
     }
 
     #[test]
-    fn uncommitted_updates_survive_eviction_until_committed() {
-        // Too small to hold the group at all.
+    fn updates_are_seen_until_committed_even_when_they_do_not_fit() {
         let c = GroupCache::new(1, Duration::from_secs(60));
         let g = Arc::new(Group::from_object("a", &obj(json!({"uid":"g","members":{"x":1,"y":1}})), 0).unwrap());
         c.updated(g.clone(), true);
         assert_eq!(c.lookup("g"), GroupLookup::Stored(g.clone()));
-        // A newer update is pending: the older commit does not drop it.
-        let newer = Arc::new(Group::from_object("a", &obj(json!({"uid":"g","members":{"x":1}})), 1).unwrap());
-        c.updated(newer.clone(), true);
         c.committed(&g);
-        assert_eq!(c.lookup("g"), GroupLookup::Stored(newer.clone()));
-        c.committed(&newer);
-        assert_eq!(c.lookup("g"), GroupLookup::Unknown, "evicted: the store has it now");
+        assert_eq!(c.lookup("g"), GroupLookup::Unknown);
     }
 }

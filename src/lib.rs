@@ -5,7 +5,9 @@
 //! (effects) → `broker::consumer` (publish, confirm, ack). `config`, `jwt`, `metrics`,
 //! `http` and `telemetry` are the edges.
 
+pub mod blocks;
 pub mod broker;
+pub mod cache;
 pub mod config;
 pub mod events;
 pub mod group;
@@ -37,22 +39,43 @@ pub struct Engine {
     pub settings: handlers::Settings,
     /// Group membership, read on the hot path (refreshed by every group update).
     pub groups: Arc<group::GroupCache>,
+    /// Block lists, read on the hot path (refreshed by every block command).
+    pub blocks: Arc<blocks::BlockCache>,
     pub events: events::Events,
 }
 
 impl Engine {
     pub fn new(config: Config) -> Result<Arc<Self>, config::ConfigError> {
         let topics = Topics::from_config(&config).map_err(config::ConfigError)?;
-        let chain = policy::Chain::new(config.store.is_some());
+        let topics = Arc::new(topics);
+        let metrics = Metrics::new();
+        let chain = policy::Chain::new(&config, topics.clone(), metrics.clone());
         Ok(Arc::new(Engine {
             settings: handlers::Settings::from_config(&config),
-            groups: Arc::new(group::GroupCache::new(config.group_cache_size, config.group_cache_ttl)),
+            groups: Arc::new(group::GroupCache::new(config.group_cache_size, config.cache_ttl)),
+            blocks: Arc::new(blocks::BlockCache::new(config.block_cache_size, config.cache_ttl)),
             events: events::Events::default(),
             config,
-            topics: Arc::new(topics),
+            topics,
             chain,
-            metrics: Metrics::new(),
+            metrics,
         }))
+    }
+
+    /// SIGHUP: load the policy file again; a bad file is logged and the rules in force stay.
+    pub fn reload_policy(&self) {
+        let Some(path) = &self.config.policy_file else {
+            tracing::info!("SIGHUP: no POLICY_FILE to reload");
+            return;
+        };
+        match policy::Policy::load(path) {
+            Ok(p) => {
+                let patterns = p.patterns;
+                self.chain.reload_policy(p);
+                tracing::info!(patterns, "policy file reloaded");
+            }
+            Err(e) => tracing::warn!(error = %e, "policy file not reloaded; the rules in force stay"),
+        }
     }
 }
 
@@ -84,6 +107,17 @@ async fn open_store(engine: &Engine, shutdown: &CancellationToken) -> Option<sto
     }
 }
 
+/// Once a minute: forget idle rate-limit buckets.
+async fn housekeeping(engine: Arc<Engine>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = every.tick() => engine.chain.housekeeping(),
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
 /// Run the engine until `shutdown` is cancelled; returns once in-flight inputs are settled
 /// and the broker connection is closed.
 pub async fn run(engine: Arc<Engine>, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -96,6 +130,7 @@ pub async fn run(engine: Arc<Engine>, shutdown: CancellationToken) -> anyhow::Re
     } else {
         None
     };
+    tokio::spawn(housekeeping(engine.clone(), shutdown.clone()));
     let store = open_store(&engine, &shutdown).await;
     if engine.config.store.is_some() && store.is_none() {
         // Shut down before the store ever answered.

@@ -86,6 +86,7 @@ fn serve(config: Config) -> ExitCode {
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(wait_for_signal(shutdown.clone()));
+        tokio::spawn(reload_on_hangup(engine.clone()));
         match chat21_engine::run(engine, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -119,6 +120,18 @@ fn migrate(config: Config) -> ExitCode {
             eprintln!("chat21-engine: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// SIGHUP reloads the policy file (`systemctl reload`), traffic keeps flowing meanwhile.
+async fn reload_on_hangup(engine: std::sync::Arc<Engine>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        engine.reload_policy();
     }
 }
 

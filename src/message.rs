@@ -54,6 +54,11 @@ pub enum RejectReason {
     /// A field the input needs has the wrong type (e.g. `typing` not a boolean, a replayed
     /// message without a valid `message_id`).
     BadPayload,
+    /// The sender is over its rate limit (§10); the sender is told.
+    RateLimited,
+    /// The content filter refused the text (too long, or a deny pattern with action
+    /// `reject`); the sender is told.
+    ContentRejected,
 }
 
 impl RejectReason {
@@ -69,6 +74,8 @@ impl RejectReason {
         RejectReason::TooManyMembers,
         RejectReason::NotAMember,
         RejectReason::BadPayload,
+        RejectReason::RateLimited,
+        RejectReason::ContentRejected,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -84,6 +91,8 @@ impl RejectReason {
             RejectReason::TooManyMembers => "too_many_members",
             RejectReason::NotAMember => "not_a_member",
             RejectReason::BadPayload => "bad_payload",
+            RejectReason::RateLimited => "rate_limited",
+            RejectReason::ContentRejected => "content_rejected",
         }
     }
 }

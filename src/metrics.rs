@@ -68,6 +68,7 @@ pub struct Metrics {
     store_up: Gauge,
     group_lookups: Family<ResultLabels, Counter>,
     presence_changes: Family<PresenceLabels, Counter>,
+    blocked: Counter,
     broker_connected: AtomicBool,
     store_ok: AtomicBool,
 }
@@ -130,6 +131,12 @@ impl Metrics {
             "Users going online or offline (first client connected, last one gone)",
             presence_changes.clone(),
         );
+        let blocked = Counter::default();
+        registry.register(
+            "blocked_deliveries",
+            "Message copies and typing notices not delivered because the receiver blocked the author",
+            blocked.clone(),
+        );
         // Pre-create every reason so dashboards see zeros rather than missing series.
         for r in RejectReason::ALL {
             let _ = rejections.get_or_create(&ReasonLabels { reason: r.as_str() });
@@ -147,6 +154,7 @@ impl Metrics {
             store_up,
             group_lookups,
             presence_changes,
+            blocked,
             broker_connected: AtomicBool::new(false),
             store_ok: AtomicBool::new(true),
         })
@@ -173,6 +181,10 @@ impl Metrics {
     pub fn group_lookup(&self, hit: bool) {
         let result = if hit { "hit" } else { "store" };
         self.group_lookups.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn blocked(&self, n: u64) {
+        self.blocked.inc_by(n);
     }
 
     pub fn presence_changed(&self, online: bool) {

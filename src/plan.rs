@@ -14,6 +14,9 @@ pub struct Publish {
     /// Set when this publish is a message copy landing in a timeline: what the persistence
     /// hook writes for it (and what later stages — block list, filters — look at).
     pub copy: Option<TimelineCopy>,
+    /// The user this publish is delivered to when that user's block list may veto it
+    /// (message copies to someone else, typing); None for everything else.
+    pub to: Option<String>,
 }
 
 impl Publish {
@@ -26,6 +29,7 @@ impl Publish {
             body: serde_json::to_vec(body).unwrap_or_default(),
             persistent: true,
             copy: None,
+            to: None,
         }
     }
 }
@@ -71,6 +75,14 @@ pub enum Write {
     },
     /// Create or replace a group (§4.4).
     Group(Arc<crate::group::Group>),
+    /// `user` blocks (`add`) or unblocks `other` (§9).
+    Block {
+        app: String,
+        user: String,
+        other: String,
+        add: bool,
+        at_ms: i64,
+    },
     /// A client of `user` connected or disconnected (§7). Kept as the set of connected client
     /// ids, so a redelivered event changes nothing; the store reports online/offline
     /// transitions back.
@@ -129,6 +141,22 @@ impl Plan {
         Plan {
             publishes,
             ..Plan::default()
+        }
+    }
+
+    /// The input is refused and the sender told (§8): its own copy of `msg` at `key`, with
+    /// `status:-100` and `error:{code, reason}`. Not a timeline copy: a refused message is not
+    /// persisted.
+    pub fn refusal(key: String, mut msg: Map<String, Value>, reason: crate::message::RejectReason, text: &str) -> Plan {
+        msg.insert("status".into(), crate::message::status::FAILED.into());
+        msg.insert(
+            "error".into(),
+            serde_json::json!({"code": reason.as_str(), "reason": text}),
+        );
+        Plan {
+            publishes: vec![Publish::json(key, &msg)],
+            writes: Vec::new(),
+            rejected: Some(reason),
         }
     }
 }

@@ -164,6 +164,8 @@ impl Topics {
                     format!("apps.{app}.users.*.conversations.*.update"),
                     format!("apps.{app}.users.*.conversations.*.archive"),
                     format!("apps.{app}.users.*.typing.*"),
+                    format!("apps.{app}.users.*.blocks.*.add"),
+                    format!("apps.{app}.users.*.blocks.*.remove"),
                     format!("apps.observer.{app}.groups.update"),
                     format!("apps.observer.{app}.users.*.messages.*.delivered"),
                 ];
@@ -268,6 +270,19 @@ impl Topics {
     /// `apps.{app}.users.{to}.typing.{about}.clientupdated`.
     pub fn typing_updated(&self, app: &str, to: &str, about: &str) -> Result<String, RejectReason> {
         checked(format!("apps.{app}.users.{to}.typing.{about}.clientupdated"))
+    }
+
+    /// The echo of a block-list change to the user's devices (§9):
+    /// `apps.{app}.users.{me}.blocks.{other}.clientadded|clientdeleted`.
+    pub fn block_event(&self, app: &str, me: &str, other: &str, add: bool) -> Result<String, RejectReason> {
+        let verb = if add { "clientadded" } else { "clientdeleted" };
+        checked(format!("apps.{app}.users.{me}.blocks.{other}.{verb}"))
+    }
+
+    /// The key a user blocks (`add`) or unblocks another on (clients and tests).
+    pub fn block(&self, app: &str, me: &str, other: &str, add: bool) -> String {
+        let verb = if add { "add" } else { "remove" };
+        format!("apps.{app}.users.{me}.blocks.{other}.{verb}")
     }
 
     /// The key a user's client announces typing on (clients and tests).
@@ -518,6 +533,8 @@ mod tests {
             t.presence("app", "me", "c"),
             t.group_update("app"),
             t.history_replay("app", "i", "c"),
+            t.block("app", "me", "o", true),
+            t.block("app", "me", "o", false),
         ];
         for key in &inputs {
             assert!(t.parse(key).is_ok(), "{key}");
@@ -530,6 +547,8 @@ mod tests {
                 .unwrap(),
             t.group_updated("app", "a", "g").unwrap(),
             t.typing_updated("app", "a", "b").unwrap(),
+            t.block_event("app", "a", "b", true).unwrap(),
+            t.block_event("app", "a", "b", false).unwrap(),
         ];
         for key in &outputs {
             assert!(!t.bindings().iter().any(|b| matches(b, key)), "{key} would loop back");

@@ -30,16 +30,19 @@ use tokio_util::sync::CancellationToken;
 
 use super::acks::AckTracker;
 use super::{topology, BrokerError, EXCHANGE};
+use crate::blocks::BlockSet;
 use crate::events::Event;
 use crate::group::{Group, GroupLookup};
 use crate::handlers::Halt;
 use crate::message::RejectReason;
 use crate::metrics::Outcome;
 use crate::plan::{Committed, Context, Plan, Write};
+use crate::policy::Facts;
 use crate::store::writer::Writer;
 use crate::store::Store;
 use crate::topic::Inbound;
 use crate::Engine;
+use std::collections::HashMap;
 
 pub enum SessionEnd {
     Shutdown,
@@ -182,13 +185,13 @@ impl Session<'_> {
         self.acks.delivered(tag);
         engine.metrics.in_flight_add(1);
         let key = delivery.routing_key.as_str();
-        let (kind, planned) = match engine.topics.parse(key) {
+        let (kind, planned, blocks_changed) = match engine.topics.parse(key) {
             Ok(inbound) => match self.plan(&inbound, &delivery.data, shutdown).await {
-                Some(planned) => (inbound.kind(), planned),
+                Some(p) => (inbound.kind(), p.result, p.blocks_changed),
                 // Shut down while waiting for the store: the broker gets the input back.
                 None => return Ok(()),
             },
-            Err(reason) => ("unknown", Err(reason)),
+            Err(reason) => ("unknown", Err(reason), Vec::new()),
         };
         let mut plan = match planned {
             Ok(plan) => plan,
@@ -235,6 +238,8 @@ impl Session<'_> {
             metrics: engine.metrics.clone(),
             group_cache: engine.groups.clone(),
             groups,
+            block_cache: engine.blocks.clone(),
+            blocks: blocks_changed,
         });
         let refused = plan.rejected.is_some();
         let sends = self.publish(plan).await?;
@@ -282,22 +287,21 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Run the handler and the policy chain. A handler that needs a group the cache does not
-    /// know gets it loaded from the store and is asked again. The load is awaited here, in
-    /// delivery order: inputs behind it wait (a store round trip, once per group per TTL), so
-    /// the order of a sender's messages never depends on cache hits and misses.
+    /// Run the handler and the policy chain.
+    ///
+    /// A handler that needs a group the cache does not know gets it loaded from the store and
+    /// is asked again; the block lists of every receiver of the plan's deliveries are loaded
+    /// (one batch for all the cache does not know) before the chain runs. These loads are
+    /// awaited here, in delivery order: inputs behind them wait (a store round trip, once per
+    /// key per TTL), so the order of a sender's messages never depends on cache hits and misses.
+    /// A block command changes the cache here too, so the very next input is judged by it.
     /// `None`: shutdown came while the store was unreachable.
-    async fn plan(
-        &self,
-        inbound: &Inbound,
-        body: &[u8],
-        shutdown: &CancellationToken,
-    ) -> Option<Result<Plan, RejectReason>> {
+    async fn plan(&self, inbound: &Inbound, body: &[u8], shutdown: &CancellationToken) -> Option<Planned> {
         let engine = self.engine;
         let fresh_id = || uuid::Uuid::new_v4().to_string();
         let now_ms = now_ms();
         let mut loaded: Option<(String, GroupLookup)> = None;
-        loop {
+        let plan = loop {
             let groups = |uid: &str| match &loaded {
                 Some((u, l)) if u == uid => l.clone(),
                 _ => {
@@ -315,27 +319,105 @@ impl Session<'_> {
                 settings: &engine.settings,
             };
             match crate::handlers::handle(&engine.topics, inbound, body, &ctx) {
-                Ok(plan) => return Some(engine.chain.run(inbound, plan)),
-                Err(Halt::Reject(reason)) => return Some(Err(reason)),
+                Ok(plan) => break plan,
+                Err(Halt::Reject(reason)) => return Some(Planned::rejected(reason)),
                 // Handlers need at most one group; a second ask would be a handler bug.
-                Err(Halt::NeedGroup(_)) if loaded.is_some() => return Some(Err(RejectReason::Unsupported)),
+                Err(Halt::NeedGroup(_)) if loaded.is_some() => {
+                    return Some(Planned::rejected(RejectReason::Unsupported))
+                }
                 Err(Halt::NeedGroup(uid)) => {
                     let group = self.load_group(&uid, shutdown).await?;
                     engine.groups.put(uid.clone(), group.clone());
                     loaded = Some((uid, group.into()));
                 }
             }
+        };
+        let changes: Vec<(String, String, bool)> = plan
+            .writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Block { user, other, add, .. } => Some((user.clone(), other.clone(), *add)),
+                _ => None,
+            })
+            .collect();
+        let users = plan
+            .publishes
+            .iter()
+            .filter_map(|p| p.to.as_deref())
+            .chain(changes.iter().map(|(user, _, _)| user.as_str()));
+        let mut known = self.block_lists(users, shutdown).await?;
+        let blocked = |user: &str, other: &str| known.get(user).is_some_and(|s| s.contains(other));
+        let result = engine.chain.run(inbound, plan, &Facts { blocked: &blocked });
+        let mut blocks_changed = Vec::new();
+        if result.is_ok() {
+            for (user, other, add) in changes {
+                let base = known.get(&user).cloned().unwrap_or_default();
+                let next = crate::blocks::apply(&base, &other, add);
+                engine.blocks.changed(user.clone(), next.clone(), self.writer.is_some());
+                known.insert(user.clone(), next.clone());
+                blocks_changed.push((user, next));
+            }
         }
+        Some(Planned { result, blocks_changed })
     }
 
-    /// Read a group from the store, retrying until it answers (inputs stay unacked meanwhile,
-    /// as they do for writes). Without a store only group updates define groups.
+    /// The block lists of `users`: from the cache, the rest from the store in one read.
+    async fn block_lists<'u>(
+        &self,
+        users: impl Iterator<Item = &'u str>,
+        shutdown: &CancellationToken,
+    ) -> Option<HashMap<String, BlockSet>> {
+        let mut known: HashMap<String, BlockSet> = HashMap::new();
+        let mut missing: Vec<String> = Vec::new();
+        for u in users {
+            if known.contains_key(u) || missing.iter().any(|m| m == u) {
+                continue;
+            }
+            match self.engine.blocks.get(u) {
+                Some(set) => {
+                    known.insert(u.to_owned(), set);
+                }
+                None => missing.push(u.to_owned()),
+            }
+        }
+        if missing.is_empty() {
+            return Some(known);
+        }
+        let app = &self.engine.config.app_id;
+        let found = match self.store {
+            Some(store) => {
+                self.read_store("block lists", shutdown, || store.blocks_of(app, &missing))
+                    .await?
+            }
+            // Without a store block lists live in the cache only.
+            None => missing.into_iter().map(|u| (u, Default::default())).collect(),
+        };
+        for (user, set) in found {
+            let set = Arc::new(set);
+            self.engine.blocks.put(user.clone(), set.clone());
+            known.insert(user, set);
+        }
+        Some(known)
+    }
+
+    /// Read a group from the store. Without a store only group updates define groups.
     async fn load_group(&self, uid: &str, shutdown: &CancellationToken) -> Option<Option<Arc<Group>>> {
-        use backon::BackoffBuilder;
         let Some(store) = self.store else {
             return Some(None);
         };
         self.engine.metrics.group_lookup(false);
+        let group = self.read_store("group", shutdown, || store.group(uid)).await?;
+        Some(group.map(Arc::new))
+    }
+
+    /// A store read on the hot path, retried until the store answers (inputs stay unacked
+    /// meanwhile, as they do for writes). `None`: shutdown came first.
+    async fn read_store<T, F, Fut>(&self, what: &str, shutdown: &CancellationToken, read: F) -> Option<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, crate::store::StoreError>>,
+    {
+        use backon::BackoffBuilder;
         let mut delays = backon::ExponentialBuilder::default()
             .with_min_delay(std::time::Duration::from_millis(50))
             .with_max_delay(std::time::Duration::from_secs(5))
@@ -343,9 +425,9 @@ impl Session<'_> {
             .without_max_times()
             .build();
         loop {
-            match store.group(uid).await {
-                Ok(group) => return Some(group.map(Arc::new)),
-                Err(e) => tracing::warn!(error = %e, uid, "group read failed; retrying"),
+            match read().await {
+                Ok(v) => return Some(v),
+                Err(e) => tracing::warn!(error = %e, what, "store read failed; retrying"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(delays.next().unwrap_or(std::time::Duration::from_secs(5))) => {}
@@ -432,6 +514,22 @@ impl Session<'_> {
     }
 }
 
+/// What planning one input gave.
+struct Planned {
+    result: Result<Plan, RejectReason>,
+    /// Block lists this input changed (already applied to the cache).
+    blocks_changed: Vec<(String, BlockSet)>,
+}
+
+impl Planned {
+    fn rejected(reason: RejectReason) -> Self {
+        Planned {
+            result: Err(reason),
+            blocks_changed: Vec::new(),
+        }
+    }
+}
+
 /// What depends on what a commit changed: publishes (PROTOCOL §6 archive and un-archive) and
 /// events (presence transitions).
 struct FollowUp {
@@ -442,6 +540,9 @@ struct FollowUp {
     group_cache: Arc<crate::group::GroupCache>,
     /// Group updates of this input, no longer "uncommitted" once the commit is done.
     groups: Vec<Arc<Group>>,
+    block_cache: Arc<crate::blocks::BlockCache>,
+    /// Block-list changes of this input, likewise.
+    blocks: Vec<(String, BlockSet)>,
 }
 
 impl FollowUp {
@@ -451,6 +552,9 @@ impl FollowUp {
         // group updates are what a store read returns.
         for g in &self.groups {
             self.group_cache.committed(g);
+        }
+        for (user, set) in &self.blocks {
+            self.block_cache.committed(user, set);
         }
         for change in &committed.presence {
             self.metrics.presence_changed(change.online);

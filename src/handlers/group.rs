@@ -8,7 +8,7 @@
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
-use super::send::{refusal, stamp};
+use super::send::stamp;
 use super::Halt;
 use crate::group::{member_ids, GroupLookup};
 use crate::message::{status, RejectReason};
@@ -51,7 +51,7 @@ pub(super) fn send(
                 // Fix D19: a non-member cannot write into a group; the sender is told.
                 let key = topics.message_added(app, sender, group_id)?;
                 let why = "the sender is not a member of this group";
-                return Ok(refusal(key, msg, RejectReason::NotAMember, why));
+                return Ok(Plan::refusal(key, msg, RejectReason::NotAMember, why));
             }
             g.members.iter().map(String::as_str).collect()
         }
@@ -85,6 +85,7 @@ pub(super) fn send(
             key: topics.message_added(app, m, group_id)?,
             body: body.clone(),
             persistent: true,
+            to: (m != sender).then(|| m.to_owned()),
             copy: Some(TimelineCopy {
                 timeline_of: m.to_owned(),
                 convers_with: group_id.to_owned(),
@@ -96,7 +97,7 @@ pub(super) fn send(
     // The group's own timeline (history replay and `message-sent` use it).
     msg.insert("status".into(), status::SENT.into());
     let key = topics.message_added(app, group_id, group_id)?;
-    publishes.push(super::send::copy(key, group_id, group_id, false, msg));
+    publishes.push(super::send::copy(key, group_id, group_id, false, msg, None));
     Ok(Plan::publishes(publishes))
 }
 

@@ -29,6 +29,8 @@ pub(super) fn replay(
         key,
         body: body.to_vec(),
         persistent: true,
+        // A trusted service's replay: not subject to block lists.
+        to: None,
         copy: Some(TimelineCopy {
             timeline_of: inbox.to_owned(),
             convers_with: convers_with.to_owned(),

@@ -4,6 +4,7 @@
 //! caller has loaded it.
 
 mod archive;
+mod blocks;
 mod conversation;
 mod group;
 mod group_update;
@@ -87,8 +88,7 @@ pub fn handle(topics: &Topics, inbound: &Inbound, body: &[u8], ctx: &Context) ->
             convers_with,
         } => Ok(history::replay(topics, app, inbox, convers_with, body)?),
         Inbound::Presence { app, user, client_id } => Ok(presence::presence(app, user, client_id, body, ctx)?),
-        // Parsed (the grammar is complete) but handled by the block-list issue.
-        Inbound::Block { .. } => Err(Halt::Reject(RejectReason::Unsupported)),
+        Inbound::Block { app, me, other, add } => Ok(blocks::block(topics, app, me, other, *add, ctx)?),
     }
 }
 

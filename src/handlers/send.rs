@@ -3,7 +3,7 @@
 use serde_json::{Map, Value};
 
 use super::Halt;
-use crate::message::{is_valid_id, status, RejectReason};
+use crate::message::{is_valid_id, status};
 use crate::plan::{Context, Plan, Publish, TimelineCopy};
 use crate::topic::Topics;
 
@@ -35,24 +35,27 @@ pub(super) fn send(
 
     stamp(&mut msg, app, sender, recipient, ctx);
     msg.insert("status".into(), status::SENT.into());
-    let sender_copy = copy(sender_key, sender, recipient, false, msg.clone());
+    let sender_copy = copy(sender_key, sender, recipient, false, msg.clone(), None);
     msg.insert("status".into(), status::DELIVERED.into());
-    let recipient_copy = copy(recipient_key, recipient, sender, true, msg);
+    let recipient_copy = copy(recipient_key, recipient, sender, true, msg, Some(recipient));
     Ok(Plan::publishes(vec![sender_copy, recipient_copy]))
 }
 
 /// A message copy for `timeline_of`'s conversation with `convers_with`, published at `key`.
+/// `to`: whose block list may veto it (None for the sender's own copy and group timelines).
 pub(super) fn copy(
     key: String,
     timeline_of: &str,
     convers_with: &str,
     is_new: bool,
     msg: Map<String, Value>,
+    to: Option<&str>,
 ) -> Publish {
     Publish {
         key,
         body: super::to_vec(&msg),
         persistent: true,
+        to: to.map(str::to_owned),
         copy: Some(TimelineCopy {
             timeline_of: timeline_of.to_owned(),
             convers_with: convers_with.to_owned(),
@@ -77,32 +80,13 @@ pub(super) fn stamp(msg: &mut Map<String, Value>, app: &str, sender: &str, recip
     }
 }
 
-/// The sender's own copy, marked failed with why (§8): how a refused sender is told. Not a
-/// timeline copy: a refused message is not persisted.
-pub(super) fn refusal(key: String, mut msg: Map<String, Value>, reason: RejectReason, text: &str) -> Plan {
-    msg.insert("status".into(), status::FAILED.into());
-    msg.insert(
-        "error".into(),
-        serde_json::json!({"code": reason.as_str(), "reason": text}),
-    );
-    Plan {
-        publishes: vec![Publish {
-            key,
-            body: super::to_vec(&msg),
-            persistent: true,
-            copy: None,
-        }],
-        writes: Vec::new(),
-        rejected: Some(reason),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
     use crate::handlers::testing;
+    use crate::message::RejectReason;
 
     fn run_with(body: &str, sender: &str, recipient: &str) -> Result<Plan, Halt> {
         let t = Topics::chat21("tilechat");

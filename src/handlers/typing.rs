@@ -23,13 +23,18 @@ pub(super) fn typing(
         return Err(RejectReason::BadPayload.into());
     };
     let note = json!({"user_id": me, "typing": typing});
-    let transient = |key: String| {
+    // Transient, and subject to the receiver's block list (§9: S is left out of R's typing).
+    let transient = |key: String, to: &str| {
         let mut p = Publish::json(key, &note);
         p.persistent = false;
+        p.to = Some(to.to_owned());
         p
     };
     if !super::send::is_group_message(&msg, with) {
-        return Ok(Plan::publishes(vec![transient(topics.typing_updated(app, with, me)?)]));
+        return Ok(Plan::publishes(vec![transient(
+            topics.typing_updated(app, with, me)?,
+            with,
+        )]));
     }
     let publishes = match (ctx.groups)(with) {
         GroupLookup::Unknown => return Err(Halt::NeedGroup(with.to_owned())),
@@ -42,7 +47,7 @@ pub(super) fn typing(
             g.members
                 .iter()
                 .filter(|m| *m != me && *m != with)
-                .map(|m| Ok(transient(topics.typing_updated(app, m, with)?)))
+                .map(|m| Ok(transient(topics.typing_updated(app, m, with)?, m)))
                 .collect::<Result<_, RejectReason>>()?
         }
     };

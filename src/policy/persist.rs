@@ -4,14 +4,14 @@
 
 use serde_json::Value;
 
-use super::{Stage, Verdict};
+use super::{Facts, Stage, Verdict};
 use crate::plan::{Plan, Write};
 use crate::topic::Inbound;
 
 pub struct PersistenceHook;
 
 impl Stage for PersistenceHook {
-    fn apply(&self, _input: &Inbound, mut plan: Plan) -> Verdict {
+    fn apply(&self, _input: &Inbound, mut plan: Plan, _facts: &Facts) -> Verdict {
         for copy in plan.publishes.iter().filter_map(|p| p.copy.as_ref()) {
             plan.writes.push(Write::Message(copy.clone()));
             let keep_conversation =
@@ -50,7 +50,7 @@ mod tests {
     #[test]
     fn both_timelines_and_conversations() {
         let (input, p) = plan(r#"{"text":"hi"}"#);
-        let Verdict::Pass(p) = PersistenceHook.apply(&input, p) else {
+        let Verdict::Pass(p) = PersistenceHook.apply(&input, p, &Facts::none()) else {
             panic!()
         };
         assert_eq!(p.writes.len(), 4);
@@ -68,7 +68,7 @@ mod tests {
     #[test]
     fn updateconversation_false_leaves_conversations_alone() {
         let (input, p) = plan(r#"{"text":"hi","attributes":{"updateconversation":false}}"#);
-        let Verdict::Pass(p) = PersistenceHook.apply(&input, p) else {
+        let Verdict::Pass(p) = PersistenceHook.apply(&input, p, &Facts::none()) else {
             panic!()
         };
         assert!(p.writes.iter().all(|w| matches!(w, Write::Message(_))));
@@ -80,7 +80,7 @@ mod tests {
         let (input, mut p) = plan(r#"{"text":"hi"}"#);
         p.publishes[0].key = "k".repeat(300);
         assert_eq!(
-            super::super::Chain::new(true).run(&input, p),
+            super::super::Chain::minimal(true).run(&input, p, &super::super::Facts::none()),
             Err(crate::message::RejectReason::KeyTooLong)
         );
     }

@@ -2,7 +2,7 @@
 //! keys through `topic`, so this is the guard that keeps a future handler's mistake from
 //! reaching the broker (which would close the channel on an over-long key).
 
-use super::{Stage, Verdict};
+use super::{Facts, Stage, Verdict};
 use crate::message::RejectReason;
 use crate::plan::Plan;
 use crate::topic::{Inbound, MAX_KEY_BYTES};
@@ -10,7 +10,7 @@ use crate::topic::{Inbound, MAX_KEY_BYTES};
 pub struct Validate;
 
 impl Stage for Validate {
-    fn apply(&self, _input: &Inbound, plan: Plan) -> Verdict {
+    fn apply(&self, _input: &Inbound, plan: Plan, _facts: &Facts) -> Verdict {
         if plan
             .publishes
             .iter()

@@ -10,6 +10,7 @@ pub mod writer;
 use serde_json::{Map, Value};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use crate::events::PresenceChange;
@@ -258,6 +259,33 @@ impl Store {
         }
     }
 
+    /// The block lists of `users` (who each of them blocked), one query per 256 users. Users
+    /// who blocked no one are in the map with an empty set.
+    pub async fn blocks_of(
+        &self,
+        app_id: &str,
+        users: &[String],
+    ) -> Result<HashMap<String, HashSet<String>>, StoreError> {
+        let mut out: HashMap<String, HashSet<String>> = users.iter().map(|u| (u.clone(), HashSet::new())).collect();
+        let positional = self.backend == "sqlite";
+        for chunk in statement_chunks(users) {
+            let sql = format!(
+                "SELECT user_id, other_id FROM blocks WHERE app_id = {} AND user_id IN {}",
+                if positional { "?" } else { "$1" },
+                placeholders_from(positional, 2, chunk.len())
+            );
+            let mut q = sqlx::query(&sql).bind(app_id);
+            for u in chunk {
+                q = q.bind(u.as_str());
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                let (user, other): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+                out.entry(user).or_default().insert(other);
+            }
+        }
+        Ok(out)
+    }
+
     /// A user's presence, if it was ever recorded.
     pub async fn presence(&self, app_id: &str, user_id: &str) -> Result<Option<StoredPresence>, StoreError> {
         let row = sqlx::query(
@@ -349,6 +377,7 @@ fn coalesce<'a>(writes: impl IntoIterator<Item = &'a Write>) -> Coalesced<'a> {
             | Write::ConversationIsNew { .. }
             | Write::Archive { .. }
             | Write::Group(_)
+            | Write::Block { .. }
             | Write::Presence { .. } => updates.push(w),
             Write::Message(c) => {
                 if seen.insert((c.timeline_of.as_str(), str_ref(&c.message, "message_id"))) {
@@ -466,6 +495,25 @@ async fn update_row(tx: &mut sqlx::Transaction<'_, sqlx::Any>, w: &Write) -> Res
             }
         }
         Write::Group(g) => upsert_group(tx, g).await?,
+        Write::Block {
+            app,
+            user,
+            other,
+            add,
+            at_ms,
+        } => {
+            let q = if *add {
+                sqlx::query(
+                    "INSERT INTO blocks (app_id, user_id, other_id, created_on) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (app_id, user_id, other_id) DO NOTHING",
+                )
+            } else {
+                sqlx::query("DELETE FROM blocks WHERE app_id = $1 AND user_id = $2 AND other_id = $3")
+            };
+            let q = q.bind(app.as_str()).bind(user.as_str()).bind(other.as_str());
+            let q = if *add { q.bind(*at_ms) } else { q };
+            q.execute(&mut **tx).await?;
+        }
         Write::Presence {
             app,
             user,
@@ -599,6 +647,20 @@ fn placeholders(positional: bool, rows: usize, cols: usize, literal_after: Optio
         out.push(')');
     }
     out
+}
+
+/// `(…)` list of `n` parameters numbered from `first` (`?` on SQLite).
+fn placeholders_from(positional: bool, first: usize, n: usize) -> String {
+    let list: Vec<String> = (0..n)
+        .map(|i| {
+            if positional {
+                "?".to_string()
+            } else {
+                format!("${}", first + i)
+            }
+        })
+        .collect();
+    format!("({})", list.join(", "))
 }
 
 async fn insert_messages(

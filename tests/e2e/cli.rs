@@ -61,6 +61,27 @@ fn configuration_errors_are_one_line_and_exit_2() {
         (vec![("RABBITMQ_USER", "u"), ("APP_ID", "a.b")], "APP_ID"),
         (vec![("RABBITMQ_USER", "u"), ("LOG_LEVEL", "info,a=b=c")], "LOG_LEVEL"),
         (vec![], "RABBITMQ_URI"),
+        (
+            vec![
+                ("RABBITMQ_USER", "u"),
+                ("PRESENCE_ENABLED", "true"),
+                ("DATABASE_URL", "off"),
+            ],
+            "PRESENCE_ENABLED",
+        ),
+        (
+            vec![("RABBITMQ_USER", "u"), ("RATE_LIMIT_BURST", "0")],
+            "RATE_LIMIT_BURST",
+        ),
+        (vec![("RABBITMQ_USER", "u"), ("CACHE_TTL", "0")], "CACHE_TTL"),
+        (
+            vec![("RABBITMQ_USER", "u"), ("TRUSTED_SENDERS", "a,b c")],
+            "TRUSTED_SENDERS",
+        ),
+        (
+            vec![("RABBITMQ_USER", "u"), ("POLICY_FILE", "/nonexistent/p.toml")],
+            "POLICY_FILE",
+        ),
     ] {
         for args in [&[][..], &["check-config"][..]] {
             let out = engine(args, &env);
@@ -70,6 +91,30 @@ fn configuration_errors_are_one_line_and_exit_2() {
             assert!(err.contains(needle), "{needle} not in: {err}");
         }
     }
+}
+
+/// A policy file that does not compile stops the engine at start: one line, exit 2, saying
+/// which rule is wrong. The example shipped in deploy/ is valid.
+#[test]
+fn bad_policy_file_is_a_configuration_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("policy.toml");
+    std::fs::write(&bad, "[[deny]]\npattern = \"(unclosed\"\naction = \"reject\"\n").unwrap();
+    let wrong_kind = dir.path().join("policy.yaml");
+    std::fs::write(&wrong_kind, "deny: []").unwrap();
+    for (file, needle) in [(&bad, "deny[0] pattern"), (&wrong_kind, ".toml or .json")] {
+        let env = [("RABBITMQ_USER", "u"), ("POLICY_FILE", file.to_str().unwrap())];
+        for args in [&[][..], &["check-config"][..]] {
+            let out = engine(args, &env);
+            assert_eq!(out.status.code(), Some(2));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+            assert!(err.contains("POLICY_FILE") && err.contains(needle), "{err}");
+        }
+    }
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/policy.example.toml");
+    let out = engine(&["check-config"], &[("RABBITMQ_USER", "u"), ("POLICY_FILE", example)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

@@ -1,0 +1,118 @@
+//! Rate limit stage (PROTOCOL §10): a token bucket per sender (governor, GCRA), for message
+//! sends. `TRUSTED_SENDERS` are exempt. Over the limit the message is not delivered: the
+//! sender gets its own copy with `status:-100` and `error:{code:"rate_limited"}`.
+//!
+//! Memory: one small state per sender seen recently; [`RateLimit::forget_idle`] (run every
+//! minute) drops the buckets that have refilled — an idle sender costs nothing — so millions
+//! of distinct senders over a day do not accumulate.
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use std::collections::HashSet;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use super::{Facts, Stage, Verdict};
+use crate::message::RejectReason;
+use crate::plan::Plan;
+use crate::topic::{Inbound, Topics};
+
+pub struct RateLimit {
+    limiter: DefaultKeyedRateLimiter<String>,
+    trusted: HashSet<String>,
+    topics: Arc<Topics>,
+    per_minute: NonZeroU32,
+}
+
+impl RateLimit {
+    pub fn new(per_minute: NonZeroU32, burst: NonZeroU32, trusted: HashSet<String>, topics: Arc<Topics>) -> Self {
+        let quota = Quota::per_minute(per_minute).allow_burst(burst);
+        RateLimit {
+            limiter: RateLimiter::keyed(quota),
+            trusted,
+            topics,
+            per_minute,
+        }
+    }
+
+    pub fn forget_idle(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.limiter.len()
+    }
+}
+
+impl Stage for RateLimit {
+    fn apply(&self, input: &Inbound, plan: Plan, _facts: &Facts) -> Verdict {
+        let Inbound::Send { app, sender, recipient } = input else {
+            return Verdict::Pass(plan);
+        };
+        if self.trusted.contains(sender) || self.limiter.check_key(sender).is_ok() {
+            return Verdict::Pass(plan);
+        }
+        // Tell the sender with its own copy of the message it tried to send.
+        let Some(msg) = plan.publishes.iter().find_map(|p| p.copy.as_ref()) else {
+            return Verdict::Reject(RejectReason::RateLimited);
+        };
+        let msg = (*msg.message).clone();
+        match self.topics.message_added(app, sender, recipient) {
+            Ok(key) => {
+                let why = format!("more than {} messages a minute", self.per_minute);
+                Verdict::Pass(Plan::refusal(key, msg, RejectReason::RateLimited, &why))
+            }
+            Err(reason) => Verdict::Reject(reason),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handlers::testing::{lookup_in, settings};
+    use crate::plan::Context;
+
+    fn send(stage: &RateLimit, t: &Topics, sender: &str) -> Plan {
+        let input = t.parse(&t.outgoing(sender, "R")).unwrap();
+        let (groups, s) = (lookup_in(vec![]), settings());
+        let ctx = Context {
+            now_ms: 1,
+            fresh_id: &|| "id".into(),
+            groups: &groups,
+            settings: &s,
+        };
+        let plan = crate::handlers::handle(t, &input, br#"{"text":"hi"}"#, &ctx).unwrap();
+        let Verdict::Pass(p) = stage.apply(&input, plan, &Facts::none()) else {
+            panic!()
+        };
+        p
+    }
+
+    #[test]
+    fn over_the_limit_the_sender_is_told_and_trusted_senders_are_exempt() {
+        let t = Arc::new(Topics::chat21("t"));
+        let n = |v| NonZeroU32::new(v).unwrap();
+        let stage = RateLimit::new(n(60), n(3), HashSet::from(["system".to_string()]), t.clone());
+        for _ in 0..3 {
+            assert!(send(&stage, &t, "S").rejected.is_none());
+        }
+        let refused = send(&stage, &t, "S");
+        assert_eq!(refused.rejected, Some(RejectReason::RateLimited));
+        let [p] = refused.publishes.as_slice() else { panic!() };
+        assert_eq!(p.key, "apps.t.users.S.messages.R.clientadded");
+        let v: serde_json::Value = serde_json::from_slice(&p.body).unwrap();
+        assert_eq!(
+            (v["status"].as_i64(), v["error"]["code"].as_str()),
+            (Some(-100), Some("rate_limited"))
+        );
+        assert_eq!(v["text"], "hi");
+        // Another sender has its own bucket; a trusted one has none.
+        assert!(send(&stage, &t, "S2").rejected.is_none());
+        for _ in 0..10 {
+            assert!(send(&stage, &t, "system").rejected.is_none());
+        }
+        assert_eq!(stage.tracked(), 2);
+    }
+}
