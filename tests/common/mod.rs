@@ -564,6 +564,39 @@ impl Drop for Mqtt {
     }
 }
 
+/// How long a test waits for a message that must arrive.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// Connected and subscribed to their inboxes.
+pub async fn inboxes(b: &Broker, e: &EngineProc, users: &[&str]) -> Vec<Mqtt> {
+    let mut out = Vec::new();
+    for u in users {
+        let mut c = Mqtt::connect(b, &e.app, u, Via::Tcp).await;
+        c.subscribe_inbox().await;
+        out.push(c);
+    }
+    out
+}
+
+pub async fn send(c: &mut Mqtt, e: &EngineProc, to: &str, body: Value) {
+    c.publish_acked(&e.topics().outgoing(&c.user.clone(), to), body.to_string().as_bytes())
+        .await
+        .unwrap();
+}
+
+pub async fn one(c: &mut Mqtt, e: &EngineProc) -> (String, Value) {
+    let mut got = c.messages(1, WAIT).await;
+    assert_eq!(got.len(), 1, "{} got nothing; engine log:\n{}", c.user, e.log_text());
+    got.remove(0)
+}
+
+pub async fn nothing_more(clients: &mut [Mqtt]) {
+    for c in clients.iter_mut() {
+        let extra = c.extra_messages(Duration::from_millis(300)).await;
+        assert!(extra.is_empty(), "{} got more: {extra:?}", c.user);
+    }
+}
+
 /// An AMQP observer for assertions that must survive client disconnects: a durable queue
 /// bound to a pattern, read back with basic.get.
 pub struct Tap {

@@ -6,8 +6,6 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::Duration;
 
-const WAIT: Duration = Duration::from_secs(15);
-
 async fn direct_message_reaches_both_inboxes(via: Via) {
     let b = broker();
     let engine = EngineProc::start(b, &[]).await;

@@ -5,8 +5,6 @@ use crate::common::*;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 
-const WAIT: Duration = Duration::from_secs(15);
-
 fn ids(users: &[&str]) -> Map<String, Value> {
     users.iter().map(|u| (u.to_string(), json!(1))).collect()
 }
@@ -19,36 +17,6 @@ async fn group_update(b: &Broker, e: &EngineProc, uid: &str, members: &[&str], n
         "notify_to": ids(notify_to),
     });
     amqp_publish(b, &e.topics().group_update(&e.app), body.to_string().as_bytes()).await;
-}
-
-/// Connected and subscribed to their inboxes.
-async fn inboxes(b: &Broker, e: &EngineProc, users: &[&str]) -> Vec<Mqtt> {
-    let mut out = Vec::new();
-    for u in users {
-        let mut c = Mqtt::connect(b, &e.app, u, Via::Tcp).await;
-        c.subscribe_inbox().await;
-        out.push(c);
-    }
-    out
-}
-
-async fn send(c: &mut Mqtt, e: &EngineProc, to: &str, body: Value) {
-    c.publish_acked(&e.topics().outgoing(&c.user.clone(), to), body.to_string().as_bytes())
-        .await
-        .unwrap();
-}
-
-async fn one(c: &mut Mqtt, e: &EngineProc) -> (String, Value) {
-    let mut got = c.messages(1, WAIT).await;
-    assert_eq!(got.len(), 1, "{} got nothing; engine log:\n{}", c.user, e.log_text());
-    got.remove(0)
-}
-
-async fn nothing_more(clients: &mut [Mqtt]) {
-    for c in clients.iter_mut() {
-        let extra = c.extra_messages(Duration::from_millis(300)).await;
-        assert!(extra.is_empty(), "{} got more: {extra:?}", c.user);
-    }
 }
 
 async fn stored_group_of_three(db: Db) {

@@ -9,4 +9,5 @@ mod direct;
 mod engine_kill;
 mod groups;
 mod persistence;
+mod policies;
 mod security;
