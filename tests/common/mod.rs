@@ -206,6 +206,9 @@ impl EngineProc {
             ("LOG_LEVEL".into(), "info".into()),
             ("HTTP_PORT".into(), free_port().to_string()),
             ("HTTP_HOST".into(), "127.0.0.1".into()),
+            // Tests stream thousands of messages from one sender; the rate-limit tests set
+            // their own limits.
+            ("RATE_LIMIT_PER_MIN".into(), "0".into()),
             // Each engine its own SQLite file: never ./data of the working tree.
             (
                 "DATABASE_URL".into(),
