@@ -169,7 +169,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn bench_policy() -> String {
     let mut p = String::from("max_text_bytes = 8192\n");
     for i in 0..40 {
-        p.push_str(&format!("[[deny]]\npattern = \"(?i)\\\\bforbiddenword{i}\\\\b\"\naction = \"reject\"\n"));
+        p.push_str(&format!(
+            "[[deny]]\npattern = \"(?i)\\\\bforbiddenword{i}\\\\b\"\naction = \"reject\"\n"
+        ));
     }
     for (i, pat) in [
         "\\\\b(?:\\\\d[ -]?){13,16}\\\\b",
@@ -186,7 +188,9 @@ fn bench_policy() -> String {
     .iter()
     .enumerate()
     {
-        p.push_str(&format!("[[deny]]\n# mask {i}\npattern = \"{pat}\"\naction = \"mask\"\n"));
+        p.push_str(&format!(
+            "[[deny]]\n# mask {i}\npattern = \"{pat}\"\naction = \"mask\"\n"
+        ));
     }
     p
 }
@@ -280,7 +284,11 @@ async fn run_round(
     // list; the rest are blocks among other users.
     if let (Subject::Policies, Some(blocks)) = (subject, args.policies) {
         for i in 0..blocks {
-            let user = if i % 100 == 0 { format!("r{}", (i / 100) % args.recipients.max(1)) } else { format!("u{i}") };
+            let user = if i % 100 == 0 {
+                format!("r{}", (i / 100) % args.recipients.max(1))
+            } else {
+                format!("u{i}")
+            };
             let key = topics.block(&app, &user, &format!("x{i}"), true);
             ch.basic_publish(
                 "amq.topic".into(),
@@ -531,6 +539,7 @@ fn percentile(v: &[f64], p: f64) -> f64 {
     s[((s.len() as f64 - 1.0) * p).round() as usize]
 }
 
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 fn spawn_subject(
     bin_dir: &Path,
     subject: Subject,
@@ -550,13 +559,13 @@ fn spawn_subject(
     cmd.env_clear();
     if subject == Subject::Policies {
         // A limit no benchmark sender reaches: the stage runs, nobody is refused.
-        cmd.env("RATE_LIMIT_PER_MIN", "1000000000").env("POLICY_FILE", policy_file);
+        cmd.env("RATE_LIMIT_PER_MIN", "1000000000")
+            .env("POLICY_FILE", policy_file);
     } else {
         // The plain engine: no rate limit (the default would refuse the burst's senders).
         cmd.env("RATE_LIMIT_PER_MIN", "0");
     }
-    cmd
-        .env("RABBITMQ_URI", uri)
+    cmd.env("RABBITMQ_URI", uri)
         .env("APP_ID", app)
         .env("QUEUE_NAME", queue)
         .env("PREFETCH_MESSAGES", args.prefetch.to_string())

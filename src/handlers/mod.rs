@@ -43,16 +43,6 @@ impl Settings {
     }
 }
 
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            trusted_senders: HashSet::from(["system".to_string()]),
-            max_inline_group_members: 100,
-            presence: true,
-        }
-    }
-}
-
 /// Why a handler stopped without a plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Halt {
@@ -128,7 +118,12 @@ pub(crate) mod testing {
         }
     }
 
+    /// The configuration defaults, with presence on.
     pub fn settings() -> Settings {
-        Settings::default()
+        Settings {
+            trusted_senders: std::collections::HashSet::from(["system".to_string()]),
+            max_inline_group_members: 100,
+            presence: true,
+        }
     }
 }

@@ -115,4 +115,20 @@ mod tests {
         }
         assert_eq!(stage.tracked(), 2);
     }
+
+    #[test]
+    fn idle_senders_are_forgotten() {
+        let t = Arc::new(Topics::chat21("t"));
+        let n = |v| NonZeroU32::new(v).unwrap();
+        // A token every 100 ms, bucket of one: a sender's state is back to "full" (and is
+        // dropped) within two token periods of its last message.
+        let stage = RateLimit::new(n(600), n(1), HashSet::new(), t.clone());
+        send(&stage, &t, "S1");
+        send(&stage, &t, "S2");
+        stage.forget_idle();
+        assert_eq!(stage.tracked(), 2, "still refilling");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        stage.forget_idle();
+        assert_eq!(stage.tracked(), 0, "full buckets cost nothing");
+    }
 }
