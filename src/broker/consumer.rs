@@ -185,13 +185,13 @@ impl Session<'_> {
         self.acks.delivered(tag);
         engine.metrics.in_flight_add(1);
         let key = delivery.routing_key.as_str();
-        let (kind, planned, blocks_changed) = match engine.topics.parse(key) {
+        let (kind, planned, changes) = match engine.topics.parse(key) {
             Ok(inbound) => match self.plan(&inbound, &delivery.data, shutdown).await {
-                Some(p) => (inbound.kind(), p.result, p.blocks_changed),
+                Some(p) => (inbound.kind(), p.result, p.changes),
                 // Shut down while waiting for the store: the broker gets the input back.
                 None => return Ok(()),
             },
-            Err(reason) => ("unknown", Err(reason), Vec::new()),
+            Err(reason) => ("unknown", Err(reason), Changes::default()),
         };
         let mut plan = match planned {
             Ok(plan) => plan,
@@ -214,20 +214,6 @@ impl Session<'_> {
             );
             engine.metrics.rejected(reason);
         }
-        // A group update takes effect for the very next input, before its commit: inputs are
-        // planned in delivery order, so membership changes and messages stay in order.
-        let durable = self.writer.is_some();
-        let groups: Vec<Arc<Group>> = plan
-            .writes
-            .iter()
-            .filter_map(|w| match w {
-                Write::Group(g) => Some(g.clone()),
-                _ => None,
-            })
-            .collect();
-        for g in &groups {
-            engine.groups.updated(g.clone(), durable);
-        }
         self.make_room(plan.publishes.len()).await?;
         let writes = std::mem::take(&mut plan.writes);
         // The publishes that may follow the commit (archive, un-archive) need these.
@@ -237,9 +223,8 @@ impl Session<'_> {
             events: engine.events.clone(),
             metrics: engine.metrics.clone(),
             group_cache: engine.groups.clone(),
-            groups,
             block_cache: engine.blocks.clone(),
-            blocks: blocks_changed,
+            changes,
         });
         let refused = plan.rejected.is_some();
         let sends = self.publish(plan).await?;
@@ -294,7 +279,8 @@ impl Session<'_> {
     /// (one batch for all the cache does not know) before the chain runs. These loads are
     /// awaited here, in delivery order: inputs behind them wait (a store round trip, once per
     /// key per TTL), so the order of a sender's messages never depends on cache hits and misses.
-    /// A block command changes the cache here too, so the very next input is judged by it.
+    /// Group updates and block commands change the caches here, once the chain passed them,
+    /// so the very next input is judged by them (see [`Changes`]).
     /// `None`: shutdown came while the store was unreachable.
     async fn plan(&self, inbound: &Inbound, body: &[u8], shutdown: &CancellationToken) -> Option<Planned> {
         let engine = self.engine;
@@ -332,7 +318,7 @@ impl Session<'_> {
                 }
             }
         };
-        let changes: Vec<(String, String, bool)> = plan
+        let block_commands: Vec<(String, String, bool)> = plan
             .writes
             .iter()
             .filter_map(|w| match w {
@@ -344,21 +330,28 @@ impl Session<'_> {
             .publishes
             .iter()
             .filter_map(|p| p.to.as_deref())
-            .chain(changes.iter().map(|(user, _, _)| user.as_str()));
+            .chain(block_commands.iter().map(|(user, _, _)| user.as_str()));
         let mut known = self.block_lists(users, shutdown).await?;
         let blocked = |user: &str, other: &str| known.get(user).is_some_and(|s| s.contains(other));
         let result = engine.chain.run(inbound, plan, &Facts { blocked: &blocked });
-        let mut blocks_changed = Vec::new();
-        if result.is_ok() {
-            for (user, other, add) in changes {
+        let mut changes = Changes::default();
+        if let Ok(plan) = &result {
+            let durable = self.writer.is_some();
+            for w in &plan.writes {
+                if let Write::Group(g) = w {
+                    engine.groups.updated(g.clone(), durable);
+                    changes.groups.push(g.clone());
+                }
+            }
+            for (user, other, add) in block_commands {
                 let base = known.get(&user).cloned().unwrap_or_default();
                 let next = crate::blocks::apply(&base, &other, add);
-                engine.blocks.changed(user.clone(), next.clone(), self.writer.is_some());
+                engine.blocks.changed(user.clone(), next.clone(), durable);
                 known.insert(user.clone(), next.clone());
-                blocks_changed.push((user, next));
+                changes.blocks.push((user, next));
             }
         }
-        Some(Planned { result, blocks_changed })
+        Some(Planned { result, changes })
     }
 
     /// The block lists of `users`: from the cache, the rest from the store in one read.
@@ -517,17 +510,25 @@ impl Session<'_> {
 /// What planning one input gave.
 struct Planned {
     result: Result<Plan, RejectReason>,
-    /// Block lists this input changed (already applied to the cache).
-    blocks_changed: Vec<(String, BlockSet)>,
+    changes: Changes,
 }
 
 impl Planned {
     fn rejected(reason: RejectReason) -> Self {
         Planned {
             result: Err(reason),
-            blocks_changed: Vec::new(),
+            changes: Changes::default(),
         }
     }
+}
+
+/// Cached state an input changed when it was planned: group updates and block lists. Each
+/// applies to every input planned after it (delivery order), and stays authoritative in its
+/// cache until the input's commit — then a store read returns it too.
+#[derive(Default)]
+struct Changes {
+    groups: Vec<Arc<Group>>,
+    blocks: Vec<(String, BlockSet)>,
 }
 
 /// What depends on what a commit changed: publishes (PROTOCOL §6 archive and un-archive) and
@@ -538,11 +539,9 @@ struct FollowUp {
     events: crate::events::Events,
     metrics: Arc<crate::metrics::Metrics>,
     group_cache: Arc<crate::group::GroupCache>,
-    /// Group updates of this input, no longer "uncommitted" once the commit is done.
-    groups: Vec<Arc<Group>>,
     block_cache: Arc<crate::blocks::BlockCache>,
-    /// Block-list changes of this input, likewise.
-    blocks: Vec<(String, BlockSet)>,
+    /// This input's cache changes, no longer "uncommitted" once the commit is done.
+    changes: Changes,
 }
 
 impl FollowUp {
@@ -550,10 +549,10 @@ impl FollowUp {
     async fn publish(self, committed: &Committed) -> bool {
         // The commit happened whatever the publishes do: its events are facts now, and its
         // group updates are what a store read returns.
-        for g in &self.groups {
+        for g in &self.changes.groups {
             self.group_cache.committed(g);
         }
-        for (user, set) in &self.blocks {
+        for (user, set) in &self.changes.blocks {
             self.block_cache.committed(user, set);
         }
         for change in &committed.presence {
