@@ -73,6 +73,16 @@ pub enum Write {
         timeline_of: String,
         convers_with: String,
     },
+    /// A receipt by `reader` in its conversation with `convers_with` (§5): if the message
+    /// there is a group's — its stored sender is neither `convers_with` nor the reader — raise
+    /// the original sender's copy to 250 and report the sender back (to be told after the
+    /// commit). The store is what knows who sent a group message.
+    GroupReceipt {
+        app: String,
+        reader: String,
+        convers_with: String,
+        message_id: String,
+    },
     /// Create or replace a group (§4.4).
     Group(Arc<crate::group::Group>),
     /// `user` blocks (`add`) or unblocks `other` (§9).
@@ -104,6 +114,17 @@ pub struct Committed {
     pub unarchived: Vec<Map<String, Value>>,
     /// Online/offline transitions this input's presence writes caused.
     pub presence: Vec<crate::events::PresenceChange>,
+    /// Group messages whose original sender is to be told of a receipt.
+    pub group_receipts: Vec<GroupReceipt>,
+}
+
+/// A receipt for a group message, to pass on to its original sender (§5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupReceipt {
+    pub app: String,
+    pub sender: String,
+    pub group: String,
+    pub message_id: String,
 }
 
 /// A conversation object as Chat21 clients read it: the last message's fields plus the

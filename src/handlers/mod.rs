@@ -20,7 +20,13 @@ use crate::message::RejectReason;
 use crate::plan::{Context, Plan};
 use crate::topic::{Inbound, Topics};
 
-pub use archive::after_commit;
+/// Publishes that depend on what a commit changed: archive and un-archive (§6), receipts of
+/// group messages to their original sender (§5).
+pub fn after_commit(topics: &Topics, committed: &crate::plan::Committed) -> Vec<crate::plan::Publish> {
+    let mut out = archive::after_commit(topics, committed);
+    out.extend(receipt::group_receipts(topics, committed));
+    out
+}
 
 /// Configuration the handlers apply.
 #[derive(Debug, Clone)]

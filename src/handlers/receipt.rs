@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use crate::message::{status, RejectReason};
-use crate::plan::{Plan, Publish, Write};
+use crate::plan::{Committed, Plan, Publish, Write};
 use crate::topic::Topics;
 
 pub(super) fn receipt(
@@ -36,8 +36,31 @@ pub(super) fn receipt(
                 message_id: message_id.into(),
                 status: status::RETURN_RECEIPT,
             },
+            // For a group, `with` is the group: the store knows the original sender.
+            Write::GroupReceipt {
+                app: app.into(),
+                reader: me.into(),
+                convers_with: with.into(),
+                message_id: message_id.into(),
+            },
         ],
     })
+}
+
+/// After the commit: tell the original sender of a group message that it was received, at
+/// `apps.{app}.users.{sender}.messages.{group}.{message_id}.clientupdated`.
+pub(super) fn group_receipts(topics: &Topics, committed: &Committed) -> Vec<Publish> {
+    committed
+        .group_receipts
+        .iter()
+        .filter_map(|r| {
+            let key = topics
+                .receipt_updated(&r.app, &r.sender, &r.group, &r.message_id)
+                .ok()?;
+            let update = json!({"timelineOf": r.sender, "message_id": r.message_id, "status": status::RETURN_RECEIPT});
+            Some(Publish::json(key, &update))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -51,7 +74,28 @@ mod tests {
         assert_eq!(p.publishes[0].key, "apps.app.users.U1.messages.U2.m1.clientupdated");
         let body: Value = serde_json::from_slice(&p.publishes[0].body).unwrap();
         assert_eq!(body, json!({"timelineOf": "U1", "message_id": "m1", "status": 250}));
-        assert_eq!(p.writes.len(), 2);
+        assert_eq!(p.writes.len(), 3);
+        assert!(
+            matches!(&p.writes[2], Write::GroupReceipt { reader, convers_with, .. } if reader == "U2" && convers_with == "U1")
+        );
+    }
+
+    #[test]
+    fn a_group_receipt_reaches_the_original_sender_after_the_commit() {
+        let t = Topics::chat21("app");
+        let committed = Committed {
+            group_receipts: vec![crate::plan::GroupReceipt {
+                app: "app".into(),
+                sender: "S".into(),
+                group: "G".into(),
+                message_id: "m1".into(),
+            }],
+            ..Committed::default()
+        };
+        let out = group_receipts(&t, &committed);
+        assert_eq!(out[0].key, "apps.app.users.S.messages.G.m1.clientupdated");
+        let body: Value = serde_json::from_slice(&out[0].body).unwrap();
+        assert_eq!(body, json!({"timelineOf": "S", "message_id": "m1", "status": 250}));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::events::PresenceChange;
 use crate::group::Group;
-use crate::plan::{TimelineCopy, Write};
+use crate::plan::{GroupReceipt, TimelineCopy, Write};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -79,6 +79,8 @@ pub struct Applied {
     pub unarchived: std::collections::HashSet<(String, String)>,
     /// One entry per presence write of the batch, in order: the transition it caused, if any.
     pub presence: std::collections::VecDeque<Option<PresenceChange>>,
+    /// One entry per group-receipt write of the batch, in order: the sender to tell, if any.
+    pub group_receipts: std::collections::VecDeque<Option<GroupReceipt>>,
 }
 
 /// A user's presence row.
@@ -182,6 +184,7 @@ impl Store {
                     applied.archived.insert(key, conversation);
                 }
                 Changed::Presence(change) => applied.presence.push_back(change),
+                Changed::GroupReceipt(r) => applied.group_receipts.push_back(r),
                 Changed::Nothing => {}
             }
         }
@@ -378,6 +381,7 @@ fn coalesce<'a>(writes: impl IntoIterator<Item = &'a Write>) -> Coalesced<'a> {
             | Write::Archive { .. }
             | Write::Group(_)
             | Write::Block { .. }
+            | Write::GroupReceipt { .. }
             | Write::Presence { .. } => updates.push(w),
             Write::Message(c) => {
                 if seen.insert((c.timeline_of.as_str(), str_ref(&c.message, "message_id"))) {
@@ -437,6 +441,8 @@ enum Changed {
     Archived((String, String), Map<String, Value>),
     /// A presence write, and the transition it caused if any.
     Presence(Option<PresenceChange>),
+    /// A group-receipt write, and the original sender to tell if it was a group message.
+    GroupReceipt(Option<GroupReceipt>),
 }
 
 /// Single-row updates, in input order. Message and conversation updates touch only rows that
@@ -495,6 +501,35 @@ async fn update_row(tx: &mut sqlx::Transaction<'_, sqlx::Any>, w: &Write) -> Res
             }
         }
         Write::Group(g) => upsert_group(tx, g).await?,
+        Write::GroupReceipt {
+            app,
+            reader,
+            convers_with,
+            message_id,
+        } => {
+            let row = sqlx::query("SELECT sender FROM messages WHERE timeline_of = $1 AND message_id = $2")
+                .bind(convers_with.as_str())
+                .bind(message_id.as_str())
+                .fetch_optional(&mut **tx)
+                .await?;
+            let sender: Option<String> = row.map(|r| r.try_get("sender")).transpose()?.flatten();
+            // A direct message's copy in `with`'s timeline was sent by `with` itself.
+            let Some(sender) = sender.filter(|s| s != convers_with && s != reader) else {
+                return Ok(Changed::GroupReceipt(None));
+            };
+            sqlx::query("UPDATE messages SET status = $1 WHERE timeline_of = $2 AND message_id = $3 AND status < $1")
+                .bind(crate::message::status::RETURN_RECEIPT)
+                .bind(sender.as_str())
+                .bind(message_id.as_str())
+                .execute(&mut **tx)
+                .await?;
+            return Ok(Changed::GroupReceipt(Some(GroupReceipt {
+                app: app.clone(),
+                sender,
+                group: convers_with.clone(),
+                message_id: message_id.clone(),
+            })));
+        }
         Write::Block {
             app,
             user,
@@ -848,6 +883,48 @@ mod tests {
         let got = store.group("g").await.unwrap().unwrap();
         assert_eq!(got.members, vec!["a"]);
         assert_eq!((got.created_on, got.updated_on), (5, 9));
+    }
+
+    /// The store tells a group message's original sender from a direct message's.
+    #[tokio::test]
+    async fn group_receipts_find_the_original_sender() {
+        let (_dir, store) = temp_store().await;
+        let msg = |timeline: &str, with: &str, sender: &str, status: i64| {
+            let m = serde_json::json!({"message_id": "m", "sender": sender, "timestamp": 1, "status": status});
+            Write::Message(TimelineCopy {
+                timeline_of: timeline.into(),
+                convers_with: with.into(),
+                is_new: false,
+                message: Arc::new(m.as_object().unwrap().clone()),
+            })
+        };
+        // A group message from S: S's member copy, R's, and the group timeline G.
+        store
+            .apply(&[
+                msg("S", "G", "S", 150),
+                msg("R", "G", "S", 150),
+                msg("G", "G", "S", 100),
+            ])
+            .await
+            .unwrap();
+        let receipt = |reader: &str, with: &str| Write::GroupReceipt {
+            app: "a".into(),
+            reader: reader.into(),
+            convers_with: with.into(),
+            message_id: "m".into(),
+        };
+        let applied = store.apply(&[receipt("R", "G")]).await.unwrap();
+        let told = applied.group_receipts[0].clone().expect("the sender is known");
+        assert_eq!((told.sender.as_str(), told.group.as_str()), ("S", "G"));
+        assert_eq!(store.message("S", "m").await.unwrap().unwrap().status, 250);
+        // A direct message's receipt (the copy in `with`'s timeline is with's own) and the
+        // sender's own receipt are not forwarded; unknown messages neither.
+        store.apply(&[msg("D", "R", "D", 100)]).await.unwrap();
+        let applied = store
+            .apply(&[receipt("R", "D"), receipt("S", "G"), receipt("R", "nowhere")])
+            .await
+            .unwrap();
+        assert_eq!(Vec::from(applied.group_receipts), vec![None, None, None]);
     }
 
     #[tokio::test]

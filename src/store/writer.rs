@@ -55,6 +55,11 @@ impl Job {
                         c.presence.push(change);
                     }
                 }
+                Write::GroupReceipt { .. } => {
+                    if let Some(Some(r)) = applied.group_receipts.pop_front() {
+                        c.group_receipts.push(r);
+                    }
+                }
                 _ => {}
             }
         }

@@ -80,6 +80,23 @@ async fn stored_group_of_three(db: Db) {
     assert_eq!((rows.len(), rows[0].status), (1, 100));
     let stored = store.group(&g).await.unwrap().expect("group stored");
     assert_eq!(stored.members, vec![a.clone(), bb.clone(), c.clone()]);
+
+    // B's receipt reaches the original sender A (§5), and A's copy becomes 250.
+    let receipt = e.topics().receipt(&app, &bb, &g, &id);
+    cl[1].publish_acked(&receipt, br#"{"status":200}"#).await.unwrap();
+    let (topic, m) = one(&mut cl[0], &e).await;
+    assert_eq!(topic, format!("apps/{app}/users/{a}/messages/{g}/{id}/clientupdated"));
+    assert_eq!(m, json!({"timelineOf": a, "message_id": id, "status": 250}));
+    let status = |who: String| {
+        let (store, id) = (&store, &id);
+        async move { store.message(&who, id).await.unwrap().map(|m| m.status) }
+    };
+    eventually("sender's copy at 250", || async {
+        (status(a.clone()).await == Some(250)).then_some(())
+    })
+    .await;
+    assert_eq!(status(bb.clone()).await, Some(200));
+    nothing_more(&mut cl).await;
 }
 
 #[tokio::test]
