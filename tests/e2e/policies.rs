@@ -94,10 +94,9 @@ async fn a_member_who_blocked_the_sender_gets_no_group_copy_and_no_typing() {
     assert_eq!(history_len(&e, &bb, &g).await, 1);
 }
 
-#[tokio::test]
-async fn blocks_survive_an_engine_restart() {
+async fn blocks_survive_an_engine_restart(db: Db) {
     let b = broker();
-    let mut e = EngineProc::start(b, &[]).await;
+    let mut e = engine_with(b, db, &[]).await;
     let (a, bb) = (fresh("A"), fresh("B"));
     let mut cl = inboxes(b, &e, &[&a, &bb, &bb]).await;
     let (front, back) = cl.split_at_mut(2);
@@ -111,6 +110,16 @@ async fn blocks_survive_an_engine_restart() {
     send(&mut cl[0], &e, &bb, json!({"text": "after restart"})).await;
     assert_eq!(one(&mut cl[0], &e).await.1["status"], 100);
     nothing_more(&mut cl).await;
+}
+
+#[tokio::test]
+async fn blocks_survive_an_engine_restart_sqlite() {
+    blocks_survive_an_engine_restart(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn blocks_survive_an_engine_restart_postgres() {
+    blocks_survive_an_engine_restart(Db::Postgres).await;
 }
 
 #[tokio::test]
