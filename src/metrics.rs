@@ -19,8 +19,16 @@ struct InputLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabels {
+struct LookupLabels {
+    cache: &'static str,
     result: &'static str,
+}
+
+/// Which hot-path cache a lookup went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheKind {
+    Groups,
+    Blocks,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -66,7 +74,7 @@ pub struct Metrics {
     commits: Counter,
     commit_latency: Histogram,
     store_up: Gauge,
-    group_lookups: Family<ResultLabels, Counter>,
+    lookups: Family<LookupLabels, Counter>,
     presence_changes: Family<PresenceLabels, Counter>,
     blocked: Counter,
     broker_connected: AtomicBool,
@@ -119,11 +127,11 @@ impl Metrics {
             reconnects.clone(),
         );
         registry.register("publishes", "Messages published and confirmed", publishes.clone());
-        let group_lookups = Family::<ResultLabels, Counter>::default();
+        let lookups = Family::<LookupLabels, Counter>::default();
         registry.register(
-            "group_lookups",
-            "Group lookups by group messages and typing: cache hit, or store read",
-            group_lookups.clone(),
+            "cache_lookups",
+            "Hot-path lookups (groups, block lists) by cache and result: hit, or store read",
+            lookups.clone(),
         );
         let presence_changes = Family::<PresenceLabels, Counter>::default();
         registry.register(
@@ -152,7 +160,7 @@ impl Metrics {
             commits,
             commit_latency,
             store_up,
-            group_lookups,
+            lookups,
             presence_changes,
             blocked,
             broker_connected: AtomicBool::new(false),
@@ -177,10 +185,14 @@ impl Metrics {
             .inc();
     }
 
-    /// A group lookup that had to read the store (`hit == false`) or did not.
-    pub fn group_lookup(&self, hit: bool) {
+    /// `n` lookups in `cache` that were answered by it (`hit`) or had to read the store.
+    pub fn lookups(&self, cache: CacheKind, hit: bool, n: u64) {
+        let cache = match cache {
+            CacheKind::Groups => "groups",
+            CacheKind::Blocks => "blocks",
+        };
         let result = if hit { "hit" } else { "store" };
-        self.group_lookups.get_or_create(&ResultLabels { result }).inc();
+        self.lookups.get_or_create(&LookupLabels { cache, result }).inc_by(n);
     }
 
     pub fn blocked(&self, n: u64) {

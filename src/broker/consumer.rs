@@ -35,7 +35,7 @@ use crate::events::Event;
 use crate::group::{Group, GroupLookup};
 use crate::handlers::Halt;
 use crate::message::RejectReason;
-use crate::metrics::Outcome;
+use crate::metrics::{CacheKind, Outcome};
 use crate::plan::{Committed, Context, Plan, Write};
 use crate::policy::Facts;
 use crate::store::writer::Writer;
@@ -293,7 +293,7 @@ impl Session<'_> {
                 _ => {
                     let found = engine.groups.lookup(uid);
                     if found != GroupLookup::Unknown {
-                        engine.metrics.group_lookup(true);
+                        engine.metrics.lookups(CacheKind::Groups, true, 1);
                     }
                     found
                 }
@@ -373,9 +373,12 @@ impl Session<'_> {
                 None => missing.push(u.to_owned()),
             }
         }
+        let metrics = &self.engine.metrics;
+        metrics.lookups(CacheKind::Blocks, true, known.len() as u64);
         if missing.is_empty() {
             return Some(known);
         }
+        metrics.lookups(CacheKind::Blocks, false, missing.len() as u64);
         let app = &self.engine.config.app_id;
         let found = match self.store {
             Some(store) => {
@@ -398,7 +401,7 @@ impl Session<'_> {
         let Some(store) = self.store else {
             return Some(None);
         };
-        self.engine.metrics.group_lookup(false);
+        self.engine.metrics.lookups(CacheKind::Groups, false, 1);
         let group = self.read_store("group", shutdown, || store.group(uid)).await?;
         Some(group.map(Arc::new))
     }

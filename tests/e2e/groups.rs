@@ -264,8 +264,12 @@ async fn group_messages_keep_their_order_through_cache_misses_and_updates() {
     let (_, m) = one(&mut cl[2], &e).await;
     assert_eq!(m["text"], "100");
     nothing_more(&mut cl[2..]).await;
-    let reads = e.metric(r#"chat21_group_lookups_total{result="store"}"#).await;
-    let hits = e.metric(r#"chat21_group_lookups_total{result="hit"}"#).await;
+    let reads = e
+        .metric(r#"chat21_cache_lookups_total{cache="groups",result="store"}"#)
+        .await;
+    let hits = e
+        .metric(r#"chat21_cache_lookups_total{cache="groups",result="hit"}"#)
+        .await;
     assert!(
         reads >= 25.0 && hits >= 25.0,
         "both hits ({hits}) and store reads ({reads})"

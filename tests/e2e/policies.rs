@@ -50,6 +50,15 @@ async fn block_then_unblock_a_direct_sender() {
     assert_eq!(history_len(&e, &a, &bb).await, 1);
     assert_eq!(history_len(&e, &bb, &a).await, 0, "nothing stored for the blocker");
     assert_eq!(e.metric("chat21_blocked_deliveries_total").await, 1.0);
+    // B's list was read from the store once (by the block command), then served by the cache.
+    let lookups = |result: &'static str| {
+        e.metric(match result {
+            "store" => r#"chat21_cache_lookups_total{cache="blocks",result="store"}"#,
+            _ => r#"chat21_cache_lookups_total{cache="blocks",result="hit"}"#,
+        })
+    };
+    assert_eq!(lookups("store").await, 1.0);
+    assert!(lookups("hit").await >= 1.0);
 
     // Unblocked: the next message arrives.
     let (blocker, rest) = cl.split_at_mut(2);
