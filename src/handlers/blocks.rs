@@ -34,20 +34,16 @@ pub(super) fn block(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handlers::testing::{lookup_in, settings};
+    use crate::handlers::testing::{lookup_in, settings, with_ctx};
 
     #[test]
     fn block_is_stored_and_echoed() {
         let t = Topics::chat21("t");
-        let (lookup, s) = (lookup_in(vec![]), settings());
-        let ctx = Context {
-            now_ms: 7,
-            fresh_id: &|| "id".to_string(),
-            groups: &lookup,
-            settings: &s,
-        };
         for (add, verb) in [(true, "clientadded"), (false, "clientdeleted")] {
-            let plan = block(&t, "t", "me", "x", add, &ctx).unwrap();
+            let plan = with_ctx(&lookup_in(vec![]), &settings(), |ctx| {
+                block(&t, "t", "me", "x", add, ctx)
+            })
+            .unwrap();
             assert_eq!(plan.publishes[0].key, format!("apps.t.users.me.blocks.x.{verb}"));
             assert!(matches!(&plan.writes[..], [Write::Block { add: a, .. }] if *a == add));
         }

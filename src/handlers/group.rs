@@ -104,20 +104,14 @@ pub(super) fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handlers::testing::{group, lookup_in, settings};
+    use crate::handlers::testing::{group, lookup_in, settings, with_ctx};
     use crate::handlers::Settings;
     use serde_json::json;
 
     fn run_with(body: &str, sender: &str, lookup: &dyn Fn(&str) -> GroupLookup, s: &Settings) -> Result<Plan, Halt> {
         let t = Topics::chat21("tilechat");
-        let ctx = Context {
-            now_ms: 7,
-            fresh_id: &|| "id".to_string(),
-            groups: lookup,
-            settings: s,
-        };
         let msg = crate::handlers::json_object(body.as_bytes()).map_err(Halt::Reject)?;
-        send(&t, "tilechat", sender, "G", msg, &ctx)
+        with_ctx(lookup, s, |ctx| send(&t, "tilechat", sender, "G", msg, ctx))
     }
 
     /// (timeline, status, is_new) of every publish.

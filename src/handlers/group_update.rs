@@ -35,18 +35,13 @@ pub(super) fn group_update(topics: &Topics, app: &str, body: &[u8], ctx: &Contex
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handlers::testing::{lookup_in, settings};
+    use crate::handlers::testing::{lookup_in, settings, with_ctx};
 
     fn run(body: &str) -> Result<Plan, RejectReason> {
         let t = Topics::chat21("tilechat");
-        let (lookup, s) = (lookup_in(vec![]), settings());
-        let ctx = Context {
-            now_ms: 7,
-            fresh_id: &|| "id".to_string(),
-            groups: &lookup,
-            settings: &s,
-        };
-        group_update(&t, "tilechat", body.as_bytes(), &ctx)
+        with_ctx(&lookup_in(vec![]), &settings(), |ctx| {
+            group_update(&t, "tilechat", body.as_bytes(), ctx)
+        })
     }
 
     #[test]

@@ -115,6 +115,37 @@ pub(crate) mod testing {
         Arc::new(Group::from_object("tilechat", obj.as_object().unwrap(), 0).unwrap())
     }
 
+    /// Run `f` with a context like the consumer's: clock at 7 ms, every fresh id "id".
+    pub fn with_ctx<T>(
+        lookup: &dyn Fn(&str) -> GroupLookup,
+        settings: &Settings,
+        f: impl FnOnce(&crate::plan::Context) -> T,
+    ) -> T {
+        let fresh_id = || "id".to_string();
+        f(&crate::plan::Context {
+            now_ms: 7,
+            fresh_id: &fresh_id,
+            groups: lookup,
+            settings,
+        })
+    }
+
+    /// Parse `key` and plan it as the consumer does before the chain (`groups`: the stored
+    /// ones), with the default settings.
+    pub fn plan(
+        t: &crate::topic::Topics,
+        key: &str,
+        body: &str,
+        groups: Vec<Arc<Group>>,
+    ) -> (crate::topic::Inbound, crate::plan::Plan) {
+        let input = t.parse(key).unwrap();
+        let plan = with_ctx(&lookup_in(groups), &settings(), |ctx| {
+            super::handle(t, &input, body.as_bytes(), ctx)
+        })
+        .unwrap();
+        (input, plan)
+    }
+
     pub fn lookup_in(groups: Vec<Arc<Group>>) -> impl Fn(&str) -> GroupLookup {
         move |uid| {
             groups

@@ -42,18 +42,13 @@ pub(super) fn presence(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handlers::testing::{lookup_in, settings};
+    use crate::handlers::testing::{lookup_in, settings, with_ctx};
     use crate::handlers::Settings;
 
     fn run(body: &str, s: &Settings) -> Result<Plan, RejectReason> {
-        let lookup = lookup_in(vec![]);
-        let ctx = Context {
-            now_ms: 7,
-            fresh_id: &|| "id".to_string(),
-            groups: &lookup,
-            settings: s,
-        };
-        presence("t", "U", "c1", body.as_bytes(), &ctx)
+        with_ctx(&lookup_in(vec![]), s, |ctx| {
+            presence("t", "U", "c1", body.as_bytes(), ctx)
+        })
     }
 
     #[test]

@@ -57,18 +57,14 @@ pub(super) fn typing(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handlers::testing::{group, lookup_in, settings};
+    use crate::handlers::testing::{group, lookup_in, settings, with_ctx};
 
     fn run(body: &str, me: &str, with: &str) -> Result<Plan, Halt> {
         let t = Topics::chat21("t");
-        let (lookup, s) = (lookup_in(vec![group("group-1", &["A", "B", "C"])]), settings());
-        let ctx = Context {
-            now_ms: 7,
-            fresh_id: &|| "id".to_string(),
-            groups: &lookup,
-            settings: &s,
-        };
-        typing(&t, "t", me, with, body.as_bytes(), &ctx)
+        let lookup = lookup_in(vec![group("group-1", &["A", "B", "C"])]);
+        with_ctx(&lookup, &settings(), |ctx| {
+            typing(&t, "t", me, with, body.as_bytes(), ctx)
+        })
     }
 
     #[test]

@@ -50,24 +50,11 @@ impl Stage for BlockList {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handlers::testing::{lookup_in, settings};
-    use crate::plan::Context;
+    use crate::handlers::testing;
     use crate::topic::Topics;
 
     fn plan(t: &Topics, key: &str, body: &str) -> (Inbound, Plan) {
-        let input = t.parse(key).unwrap();
-        let (groups, s) = (
-            lookup_in(vec![crate::handlers::testing::group("group-1", &["A", "B", "C"])]),
-            settings(),
-        );
-        let ctx = Context {
-            now_ms: 1,
-            fresh_id: &|| "id".into(),
-            groups: &groups,
-            settings: &s,
-        };
-        let plan = crate::handlers::handle(t, &input, body.as_bytes(), &ctx).unwrap();
-        (input, plan)
+        testing::plan(t, key, body, vec![testing::group("group-1", &["A", "B", "C"])])
     }
 
     fn keys(v: Verdict) -> Vec<String> {

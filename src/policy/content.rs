@@ -88,19 +88,10 @@ impl Stage for ContentFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handlers::testing::{group, lookup_in, settings};
-    use crate::plan::Context;
+    use crate::handlers::testing::{group, plan};
 
     fn run(filter: &ContentFilter, t: &Topics, to: &str, body: &str) -> Plan {
-        let input = t.parse(&t.outgoing("A", to)).unwrap();
-        let (groups, s) = (lookup_in(vec![group("group-1", &["A", "B", "C"])]), settings());
-        let ctx = Context {
-            now_ms: 1,
-            fresh_id: &|| "id".into(),
-            groups: &groups,
-            settings: &s,
-        };
-        let plan = crate::handlers::handle(t, &input, body.as_bytes(), &ctx).unwrap();
+        let (input, plan) = plan(t, &t.outgoing("A", to), body, vec![group("group-1", &["A", "B", "C"])]);
         let Verdict::Pass(p) = filter.apply(&input, plan, &Facts::none()) else {
             panic!()
         };

@@ -27,24 +27,11 @@ impl Stage for PersistenceHook {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::Context;
     use crate::topic::Topics;
 
     fn plan(body: &str) -> (Inbound, Plan) {
         let t = Topics::chat21("app");
-        let input = t.parse(&t.outgoing("A", "B")).unwrap();
-        let (groups, settings) = (
-            crate::handlers::testing::lookup_in(vec![]),
-            crate::handlers::testing::settings(),
-        );
-        let ctx = Context {
-            now_ms: 1,
-            fresh_id: &|| "id".into(),
-            groups: &groups,
-            settings: &settings,
-        };
-        let plan = crate::handlers::handle(&t, &input, body.as_bytes(), &ctx).unwrap();
-        (input, plan)
+        crate::handlers::testing::plan(&t, &t.outgoing("A", "B"), body, vec![])
     }
 
     #[test]

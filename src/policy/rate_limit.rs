@@ -71,19 +71,10 @@ impl Stage for RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handlers::testing::{lookup_in, settings};
-    use crate::plan::Context;
+    use crate::handlers::testing::plan;
 
     fn send(stage: &RateLimit, t: &Topics, sender: &str) -> Plan {
-        let input = t.parse(&t.outgoing(sender, "R")).unwrap();
-        let (groups, s) = (lookup_in(vec![]), settings());
-        let ctx = Context {
-            now_ms: 1,
-            fresh_id: &|| "id".into(),
-            groups: &groups,
-            settings: &s,
-        };
-        let plan = crate::handlers::handle(t, &input, br#"{"text":"hi"}"#, &ctx).unwrap();
+        let (input, plan) = plan(t, &t.outgoing(sender, "R"), r#"{"text":"hi"}"#, vec![]);
         let Verdict::Pass(p) = stage.apply(&input, plan, &Facts::none()) else {
             panic!()
         };
