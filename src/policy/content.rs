@@ -39,7 +39,7 @@ impl ContentFilter {
 
 impl Stage for ContentFilter {
     fn apply(&self, input: &Inbound, mut plan: Plan, _facts: &Facts) -> Verdict {
-        let Inbound::Send { app, sender, recipient } = input else {
+        let Inbound::Send { app, .. } = input else {
             return Verdict::Pass(plan);
         };
         // Every copy of a message carries the same text.
@@ -52,11 +52,7 @@ impl Stage for ContentFilter {
         match self.current().rules(app).judge(text) {
             Judgement::Pass => Verdict::Pass(plan),
             Judgement::Reject(why) => {
-                let msg = (*first.message).clone();
-                match self.topics.message_added(app, sender, recipient) {
-                    Ok(key) => Verdict::Pass(Plan::refusal(key, msg, RejectReason::ContentRejected, &why)),
-                    Err(reason) => Verdict::Reject(reason),
-                }
+                super::refuse_send(&self.topics, input, &plan, RejectReason::ContentRejected, &why)
             }
             Judgement::Mask(masked) => {
                 // Copies share their message (a group fan-out has one for all members): rewrite

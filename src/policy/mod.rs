@@ -52,6 +52,21 @@ impl Facts<'_> {
     }
 }
 
+/// Refuse a message send and tell the sender (§8): its own copy of the planned message, at its
+/// own timeline's key, with `status:-100` and `error:{code: reason, reason: why}`.
+fn refuse_send(topics: &Topics, input: &Inbound, plan: &Plan, reason: RejectReason, why: &str) -> Verdict {
+    let Inbound::Send { app, sender, recipient } = input else {
+        return Verdict::Reject(reason);
+    };
+    let Some(copy) = plan.publishes.iter().find_map(|p| p.copy.as_ref()) else {
+        return Verdict::Reject(reason);
+    };
+    match topics.message_added(app, sender, recipient) {
+        Ok(key) => Verdict::Pass(Plan::refusal(key, (*copy.message).clone(), reason, why)),
+        Err(bad_key) => Verdict::Reject(bad_key),
+    }
+}
+
 pub trait Stage: Send + Sync {
     fn apply(&self, input: &Inbound, plan: Plan, facts: &Facts) -> Verdict;
 }

@@ -47,24 +47,14 @@ impl RateLimit {
 
 impl Stage for RateLimit {
     fn apply(&self, input: &Inbound, plan: Plan, _facts: &Facts) -> Verdict {
-        let Inbound::Send { app, sender, recipient } = input else {
+        let Inbound::Send { sender, .. } = input else {
             return Verdict::Pass(plan);
         };
         if self.trusted.contains(sender) || self.limiter.check_key(sender).is_ok() {
             return Verdict::Pass(plan);
         }
-        // Tell the sender with its own copy of the message it tried to send.
-        let Some(msg) = plan.publishes.iter().find_map(|p| p.copy.as_ref()) else {
-            return Verdict::Reject(RejectReason::RateLimited);
-        };
-        let msg = (*msg.message).clone();
-        match self.topics.message_added(app, sender, recipient) {
-            Ok(key) => {
-                let why = format!("more than {} messages a minute", self.per_minute);
-                Verdict::Pass(Plan::refusal(key, msg, RejectReason::RateLimited, &why))
-            }
-            Err(reason) => Verdict::Reject(reason),
-        }
+        let why = format!("more than {} messages a minute", self.per_minute);
+        super::refuse_send(&self.topics, input, &plan, RejectReason::RateLimited, &why)
     }
 }
 
