@@ -92,9 +92,9 @@ struct Raw {
     trusted_senders: String,
     #[serde(default = "d_inline_members")]
     max_inline_group_members: usize,
-    #[serde(default = "d_group_cache_size")]
+    #[serde(default = "d_cache_size")]
     group_cache_size: u64,
-    #[serde(default = "d_group_cache_size")]
+    #[serde(default = "d_cache_size")]
     block_cache_size: u64,
     #[serde(default = "d_cache_ttl")]
     cache_ttl: String,
@@ -156,7 +156,7 @@ fn d_trusted() -> String {
 fn d_inline_members() -> usize {
     100
 }
-fn d_group_cache_size() -> u64 {
+fn d_cache_size() -> u64 {
     1_000_000
 }
 fn d_cache_ttl() -> String {
