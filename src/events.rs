@@ -3,11 +3,13 @@
 
 use tokio::sync::broadcast;
 
+use crate::domain::{AppId, UserId};
+
 /// A user went online (first connected client) or offline (last one gone) — PROTOCOL §7.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresenceChange {
-    pub app_id: String,
-    pub user_id: String,
+    pub app_id: AppId,
+    pub user_id: UserId,
     pub online: bool,
     /// Epoch milliseconds of the input that caused it (the last-seen time when offline).
     pub at_ms: i64,

@@ -54,13 +54,13 @@ impl Minter {
     }
 
     pub fn from_config(cfg: &crate::config::Config) -> Result<Self, JwtError> {
-        let secret = cfg.jwt_secret.as_deref().ok_or(JwtError::NoSecret)?;
-        Ok(Self::new(secret, &cfg.jwt_kid))
+        let secret = cfg.jwt.secret.as_ref().ok_or(JwtError::NoSecret)?;
+        Ok(Self::new(secret.expose(), &cfg.jwt.kid))
     }
 
     /// A user token for `user` in `app`, valid for `ttl`.
     pub fn user_token(&self, app: &str, user: &str, ttl: Duration) -> Result<String, JwtError> {
-        if !crate::message::is_valid_id(user) {
+        if !crate::domain::is_valid_id(user) {
             return Err(JwtError::InvalidUser(user.to_owned()));
         }
         let claims = self.claims(user, app, user_scopes(app, user), "user", ttl);

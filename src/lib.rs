@@ -1,23 +1,25 @@
 //! chat21-engine: a drop-in, lossless replacement for the Chat21 real-time messaging engine.
 //!
-//! The flow, one way through (file names follow it):
-//! `broker::consumer` (delivery) → `topic` (parse) → `handlers` (pure plan) → `plan`
-//! (effects) → `broker::consumer` (publish, confirm, ack). `config`, `jwt`, `metrics`,
-//! `http` and `telemetry` are the edges.
+//! The way an input travels, one way through (the folders follow it):
+//! `broker` (an AMQP delivery) → `pipeline` (parse with `topic`, look up groups and block
+//! lists, run the pure `handlers`, then the `policy` chain → a decision) → `broker` (publish
+//! with confirms) and `store` (group commit) → `pipeline` (after the commit: cache changes
+//! released, events, follow-up publishes) → `broker` (ack). `domain` holds the typed ids and
+//! messages everything speaks; `config`, `jwt`, `metrics`, `http` and `telemetry` are the
+//! edges; `lib.rs` assembles the parts from the configuration.
 
-pub mod blocks;
 pub mod broker;
-pub mod cache;
 pub mod config;
+pub mod domain;
 pub mod events;
-pub mod group;
 pub mod handlers;
 pub mod http;
 pub mod jwt;
-pub mod message;
 pub mod metrics;
+pub mod pipeline;
 pub mod plan;
 pub mod policy;
+pub mod retry;
 pub mod store;
 pub mod telemetry;
 pub mod topic;
@@ -25,53 +27,91 @@ pub mod topic;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-use config::Config;
+use config::{Config, ConfigError};
+use domain::UserId;
 use metrics::Metrics;
+use pipeline::Pipeline;
 use topic::Topics;
 
 /// What every part of the running engine shares.
 pub struct Engine {
     pub config: Config,
-    /// Shared (not cloned) by the futures that publish after a commit.
-    pub topics: Arc<Topics>,
-    pub chain: policy::Chain,
+    pub pipeline: Pipeline,
     pub metrics: Arc<Metrics>,
-    pub settings: handlers::Settings,
-    /// Group membership, read on the hot path (refreshed by every group update).
-    pub groups: Arc<group::GroupCache>,
-    /// Block lists, read on the hot path (refreshed by every block command).
-    pub blocks: Arc<blocks::BlockCache>,
     pub events: events::Events,
 }
 
 impl Engine {
-    pub fn new(config: Config) -> Result<Arc<Self>, config::ConfigError> {
-        let topics = Topics::from_config(&config).map_err(config::ConfigError)?;
+    /// Assemble the engine from its configuration: the parts that are built from settings
+    /// (topic grammar, policy chain, caches) are built here, and a setting that cannot be
+    /// built from is a configuration error (one line, exit 2).
+    pub fn new(config: Config) -> Result<Arc<Self>, ConfigError> {
+        if domain::AppId::parse(&config.topics.app_id).is_err() {
+            return Err(ConfigError(format!(
+                "APP_ID {:?} is not a valid id (1..128 bytes, none of . / * # + or whitespace)",
+                config.topics.app_id
+            )));
+        }
+        let topics = Topics::from_config(&config.topics).map_err(|e| ConfigError(format!("PATH_PREFIX: {e}")))?;
         let topics = Arc::new(topics);
         let metrics = Metrics::new();
-        let chain = policy::Chain::new(&config, topics.clone(), metrics.clone());
-        Ok(Arc::new(Engine {
-            settings: handlers::Settings::from_config(&config),
-            groups: Arc::new(group::GroupCache::new(config.group_cache_size, config.cache_ttl)),
-            blocks: Arc::new(blocks::BlockCache::new(config.block_cache_size, config.cache_ttl)),
-            events: events::Events::default(),
-            config,
+        let events = events::Events::default();
+        let p = &config.policy;
+        let trusted_senders = trusted_senders(&p.trusted_senders)?;
+        let rules = match &p.policy_file {
+            Some(path) => Some(Arc::new(
+                policy::Policy::load(path).map_err(|e| ConfigError(e.to_string()))?,
+            )),
+            None => None,
+        };
+        let chain = policy::Chain::new(
+            policy::ChainSettings {
+                rate_limit: p.rate_limit,
+                trusted_senders: trusted_senders.clone(),
+                policy: rules,
+                persistence: config.store.is_some(),
+            },
+            topics.clone(),
+            metrics.clone(),
+        );
+        let settings = handlers::Settings {
+            trusted_senders,
+            max_inline_group_members: p.max_inline_group_members,
+            presence: config.topics.presence,
+        };
+        let caches = pipeline::CacheSizes {
+            groups: p.group_cache_size,
+            blocks: p.block_cache_size,
+            ttl: p.cache_ttl,
+        };
+        let durable = config.store.is_some();
+        let pipeline = Pipeline::new(
             topics,
             chain,
+            settings,
+            caches,
+            metrics.clone(),
+            events.clone(),
+            durable,
+        );
+        Ok(Arc::new(Engine {
+            config,
+            pipeline,
             metrics,
+            events,
         }))
     }
 
     /// SIGHUP: load the policy file again; a bad file is logged and the rules in force stay.
     pub fn reload_policy(&self) {
-        let Some(path) = &self.config.policy_file else {
+        let Some(path) = &self.config.policy.policy_file else {
             tracing::info!("SIGHUP: no POLICY_FILE to reload");
             return;
         };
         match policy::Policy::load(path) {
             Ok(p) => {
                 let patterns = p.patterns;
-                self.chain.reload_policy(p);
+                self.pipeline.chain().reload_policy(p);
                 tracing::info!(patterns, "policy file reloaded");
             }
             Err(e) => tracing::warn!(error = %e, "policy file not reloaded; the rules in force stay"),
@@ -79,32 +119,25 @@ impl Engine {
     }
 }
 
+fn trusted_senders(ids: &[String]) -> Result<std::collections::HashSet<UserId>, ConfigError> {
+    ids.iter()
+        .map(|s| UserId::parse(s).map_err(|_| ConfigError(format!("TRUSTED_SENDERS: {s:?} is not a valid user id"))))
+        .collect()
+}
+
 /// Open the store, retrying with backoff until it answers (or shutdown): the engine does
 /// not consume before it can commit what it consumes.
 async fn open_store(engine: &Engine, shutdown: &CancellationToken) -> Option<store::Store> {
-    use backon::BackoffBuilder;
     let backend = engine.config.store.as_ref()?;
-    let mut delays = backon::ExponentialBuilder::default()
-        .with_min_delay(std::time::Duration::from_millis(200))
-        .with_max_delay(std::time::Duration::from_secs(10))
-        .with_jitter()
-        .without_max_times()
-        .build();
     engine.metrics.set_store_ok(false);
-    loop {
-        match store::Store::open(backend).await {
-            Ok(s) => {
-                tracing::info!(backend = s.backend(), "store ready");
-                engine.metrics.set_store_ok(true);
-                return Some(s);
-            }
-            Err(e) => tracing::warn!(error = %e, "store not available; retrying"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(delays.next().unwrap_or(std::time::Duration::from_secs(10))) => {}
-            _ = shutdown.cancelled() => return None,
-        }
-    }
+    let failed = |e: &store::StoreError| tracing::warn!(error = %e, "store not available; retrying");
+    let store = retry::until_ok(retry::Backoff::STORE_OPEN, shutdown, failed, || {
+        store::Store::open(backend)
+    })
+    .await?;
+    tracing::info!(backend = store.backend().label(), "store ready");
+    engine.metrics.set_store_ok(true);
+    Some(store)
 }
 
 /// Once a minute: forget idle rate-limit buckets.
@@ -112,7 +145,7 @@ async fn housekeeping(engine: Arc<Engine>, shutdown: CancellationToken) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
     loop {
         tokio::select! {
-            _ = every.tick() => engine.chain.housekeeping(),
+            _ = every.tick() => engine.pipeline.chain().housekeeping(),
             _ = shutdown.cancelled() => return,
         }
     }
@@ -121,10 +154,11 @@ async fn housekeeping(engine: Arc<Engine>, shutdown: CancellationToken) {
 /// Run the engine until `shutdown` is cancelled; returns once in-flight inputs are settled
 /// and the broker connection is closed.
 pub async fn run(engine: Arc<Engine>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let http = if engine.config.http_port != 0 {
-        let listener = tokio::net::TcpListener::bind((engine.config.http_host.as_str(), engine.config.http_port))
+    let http_cfg = &engine.config.http;
+    let http = if http_cfg.port != 0 {
+        let listener = tokio::net::TcpListener::bind((http_cfg.host.as_str(), http_cfg.port))
             .await
-            .map_err(|e| anyhow::anyhow!("HTTP_PORT {}: {e}", engine.config.http_port))?;
+            .map_err(|e| anyhow::anyhow!("HTTP_PORT {}: {e}", http_cfg.port))?;
         tracing::info!(addr = %listener.local_addr()?, "HTTP ops endpoints listening");
         Some(tokio::spawn(http::serve(listener, engine.clone(), shutdown.clone())))
     } else {
@@ -138,7 +172,7 @@ pub async fn run(engine: Arc<Engine>, shutdown: CancellationToken) -> anyhow::Re
     } else {
         let writer = store
             .clone()
-            .map(|s| store::writer::Writer::spawn(s, engine.metrics.clone(), engine.config.prefetch as usize));
+            .map(|s| store::writer::Writer::spawn(s, engine.metrics.clone(), engine.config.broker.prefetch as usize));
         broker::supervise(engine.clone(), store.clone(), writer, shutdown.clone()).await;
     }
     if let Some(s) = store {

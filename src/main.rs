@@ -42,12 +42,19 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig => {
-            println!("configuration ok: {config:?}");
+            // Assembling the engine checks what depends on other parts (ids, the seed
+            // prefix, the policy file); it does no I/O.
+            if let Err(e) = Engine::new(config.clone()) {
+                eprintln!("chat21-engine: {e}");
+                return ExitCode::from(2);
+            }
+            print!("{}", config.describe());
+            eprintln!("configuration ok");
             ExitCode::SUCCESS
         }
         Command::Token { user_id, app } => {
-            let app = app.unwrap_or_else(|| config.app_id.clone());
-            match jwt::Minter::from_config(&config).and_then(|m| m.user_token(&app, &user_id, config.jwt_ttl)) {
+            let app = app.unwrap_or_else(|| config.topics.app_id.clone());
+            match jwt::Minter::from_config(&config).and_then(|m| m.user_token(&app, &user_id, config.jwt.ttl)) {
                 Ok(token) => {
                     println!("{token}");
                     ExitCode::SUCCESS
@@ -113,7 +120,7 @@ fn migrate(config: Config) -> ExitCode {
     });
     match result {
         Ok(store) => {
-            println!("migrations applied ({})", store.backend());
+            println!("migrations applied ({})", store.backend().label());
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -1,35 +1,69 @@
-//! What a handler decides, before any I/O: the effects of one input.
+//! What a handler decides, before any I/O: the effects of one input ([`Plan`]), or why it
+//! has none ([`Rejection`]) — the one rejection vocabulary from handler to metrics.
 
 use serde_json::{Map, Value};
 use std::sync::Arc;
+
+use crate::domain::{AppId, ClientId, Group, Message, MessageId, RejectReason, Sealed, UserId};
+
+/// What the body of a publish is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    /// A message copy landing in a timeline: what the persistence hook stores and what the
+    /// block list and content filter judge.
+    Copy(TimelineCopy),
+    /// Anything else (receipts, conversation events, echoes, notices), already JSON.
+    Json(Arc<[u8]>),
+}
 
 /// One message to publish on `amq.topic`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Publish {
     pub key: String,
-    pub body: Vec<u8>,
+    pub body: Body,
     /// delivery_mode 2 (survives a broker restart in durable queues). Everything is
     /// persistent except typing notifications (PROTOCOL §12).
     pub persistent: bool,
-    /// Set when this publish is a message copy landing in a timeline: what the persistence
-    /// hook writes for it (and what later stages — block list, filters — look at).
-    pub copy: Option<TimelineCopy>,
     /// The user this publish is delivered to when that user's block list may veto it
     /// (message copies to someone else, typing); None for everything else.
-    pub to: Option<String>,
+    pub to: Option<UserId>,
 }
 
 impl Publish {
     /// A persistent JSON notification that is not a message copy (receipts, conversation
-    /// events).
+    /// events, echoes).
     pub fn json(key: String, body: &impl serde::Serialize) -> Publish {
-        // Serializing JSON values and maps cannot fail.
+        let json = serde_json::to_vec(body).expect("JSON values and maps always serialize");
         Publish {
             key,
-            body: serde_json::to_vec(body).unwrap_or_default(),
+            body: Body::Json(json.into()),
             persistent: true,
-            copy: None,
             to: None,
+        }
+    }
+
+    /// A persistent message copy.
+    pub fn copy(key: String, copy: TimelineCopy, to: Option<UserId>) -> Publish {
+        Publish {
+            key,
+            body: Body::Copy(copy),
+            persistent: true,
+            to,
+        }
+    }
+
+    /// The bytes on the wire.
+    pub fn bytes(&self) -> &[u8] {
+        match &self.body {
+            Body::Copy(c) => c.message.json(),
+            Body::Json(b) => b,
+        }
+    }
+
+    pub fn timeline_copy(&self) -> Option<&TimelineCopy> {
+        match &self.body {
+            Body::Copy(c) => Some(c),
+            Body::Json(_) => None,
         }
     }
 }
@@ -37,12 +71,18 @@ impl Publish {
 /// A message copy in `timeline_of`'s conversation with `convers_with`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TimelineCopy {
-    pub timeline_of: String,
-    pub convers_with: String,
+    pub timeline_of: UserId,
+    pub convers_with: UserId,
     /// The conversation is new/unread for this timeline (true for the recipient).
     pub is_new: bool,
     /// The message as published (status included).
-    pub message: Arc<Map<String, Value>>,
+    pub message: Arc<Sealed>,
+}
+
+impl TimelineCopy {
+    pub fn message(&self) -> &Message {
+        self.message.message()
+    }
 }
 
 /// A store write (PROTOCOL §11). Every write is an idempotent upsert.
@@ -56,40 +96,40 @@ pub enum Write {
     /// Raise a stored message's status (receipts): only where the row exists and its status
     /// is lower — never a stub row (fix D7).
     MessageStatus {
-        timeline_of: String,
-        message_id: String,
+        timeline_of: UserId,
+        message_id: MessageId,
         status: i64,
     },
     /// Set a stored conversation's `is_new` flag (only where the conversation exists).
     ConversationIsNew {
-        timeline_of: String,
-        convers_with: String,
+        timeline_of: UserId,
+        convers_with: UserId,
         is_new: bool,
     },
     /// Archive a conversation (§6); the store hands the archived conversation back so its
     /// publishes can follow the commit.
     Archive {
-        app: String,
-        timeline_of: String,
-        convers_with: String,
+        app: AppId,
+        timeline_of: UserId,
+        convers_with: UserId,
     },
     /// A receipt by `reader` in its conversation with `convers_with` (§5): if the message
     /// there is a group's — its stored sender is neither `convers_with` nor the reader — raise
     /// the original sender's copy to 250 and report the sender back (to be told after the
     /// commit). The store is what knows who sent a group message.
     GroupReceipt {
-        app: String,
-        reader: String,
-        convers_with: String,
-        message_id: String,
+        app: AppId,
+        reader: UserId,
+        convers_with: UserId,
+        message_id: MessageId,
     },
     /// Create or replace a group (§4.4).
-    Group(Arc<crate::group::Group>),
+    Group(Arc<Group>),
     /// `user` blocks (`add`) or unblocks `other` (§9).
     Block {
-        app: String,
-        user: String,
-        other: String,
+        app: AppId,
+        user: UserId,
+        other: UserId,
         add: bool,
         at_ms: i64,
     },
@@ -97,15 +137,16 @@ pub enum Write {
     /// ids, so a redelivered event changes nothing; the store reports online/offline
     /// transitions back.
     Presence {
-        app: String,
-        user: String,
-        client_id: String,
+        app: AppId,
+        user: UserId,
+        client_id: ClientId,
         connected: bool,
         at_ms: i64,
     },
 }
 
-/// What committing one input's writes revealed, for the publishes that follow the commit.
+/// What committing one input's writes revealed, for the publishes and events that follow
+/// the commit.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Committed {
     /// Conversations this input archived, as Chat21 conversation objects.
@@ -118,13 +159,30 @@ pub struct Committed {
     pub group_receipts: Vec<GroupReceipt>,
 }
 
+impl Committed {
+    pub fn is_empty(&self) -> bool {
+        self.archived.is_empty()
+            && self.unarchived.is_empty()
+            && self.presence.is_empty()
+            && self.group_receipts.is_empty()
+    }
+
+    /// Fold another write's results into this input's.
+    pub fn extend(&mut self, other: Committed) {
+        self.archived.extend(other.archived);
+        self.unarchived.extend(other.unarchived);
+        self.presence.extend(other.presence);
+        self.group_receipts.extend(other.group_receipts);
+    }
+}
+
 /// A receipt for a group message, to pass on to its original sender (§5).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupReceipt {
-    pub app: String,
-    pub sender: String,
-    pub group: String,
-    pub message_id: String,
+    pub app: AppId,
+    pub sender: UserId,
+    pub group: UserId,
+    pub message_id: MessageId,
 }
 
 /// A conversation object as Chat21 clients read it: the last message's fields plus the
@@ -132,12 +190,12 @@ pub struct GroupReceipt {
 pub fn conversation_object(
     timeline_of: &str,
     convers_with: &str,
-    last: &Map<String, Value>,
+    last: &Message,
     is_new: bool,
     archived: bool,
 ) -> Map<String, Value> {
-    let mut c = last.clone();
-    let text = last.get("text").cloned().unwrap_or(Value::Null);
+    let mut c = last.fields().clone();
+    let text = last.text().map_or(Value::Null, Value::from);
     c.insert("last_message_text".into(), text);
     c.insert("key".into(), convers_with.into());
     c.insert("timelineOf".into(), timeline_of.into());
@@ -152,33 +210,61 @@ pub fn conversation_object(
 pub struct Plan {
     pub publishes: Vec<Publish>,
     pub writes: Vec<Write>,
-    /// Set when the input is refused but the sender is told (§8: its own copy with
-    /// `status:-100`): the publishes are that notice, and the input counts as rejected.
-    pub rejected: Option<crate::message::RejectReason>,
 }
 
 impl Plan {
     pub fn publishes(publishes: Vec<Publish>) -> Plan {
         Plan {
             publishes,
-            ..Plan::default()
+            writes: Vec::new(),
         }
     }
 
-    /// The input is refused and the sender told (§8): its own copy of `msg` at `key`, with
-    /// `status:-100` and `error:{code, reason}`. Not a timeline copy: a refused message is not
-    /// persisted.
-    pub fn refusal(key: String, mut msg: Map<String, Value>, reason: crate::message::RejectReason, text: &str) -> Plan {
-        msg.insert("status".into(), crate::message::status::FAILED.into());
-        msg.insert(
-            "error".into(),
-            serde_json::json!({"code": reason.as_str(), "reason": text}),
-        );
+    pub fn writes(writes: Vec<Write>) -> Plan {
         Plan {
-            publishes: vec![Publish::json(key, &msg)],
-            writes: Vec::new(),
-            rejected: Some(reason),
+            publishes: Vec::new(),
+            writes,
         }
+    }
+
+    /// The message copies of this plan.
+    pub fn copies(&self) -> impl Iterator<Item = &TimelineCopy> {
+        self.publishes.iter().filter_map(Publish::timeline_copy)
+    }
+}
+
+/// Why an input has no plan: the one way to say "rejected", from a handler or a policy stage
+/// to the consumer's settlement and the metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rejection {
+    /// Logged, counted and acked; nobody is told (malformed input, or nothing to do).
+    Drop(RejectReason),
+    /// Refused, and the sender told (§8): `notice` is the sender's own copy of its message
+    /// with `status:-100` and `error:{code, reason}`. Not a timeline copy: a refused message
+    /// is not persisted. Acked once the notice is confirmed.
+    Refuse { reason: RejectReason, notice: Publish },
+}
+
+impl Rejection {
+    /// Refuse `msg` and tell the sender at `key` (its own timeline's key for the conversation).
+    pub fn refuse(key: String, msg: Message, reason: RejectReason, why: &str) -> Rejection {
+        let notice = msg.refused(reason, why);
+        Rejection::Refuse {
+            reason,
+            notice: Publish::json(key, notice.fields()),
+        }
+    }
+
+    pub fn reason(&self) -> RejectReason {
+        match self {
+            Rejection::Drop(r) | Rejection::Refuse { reason: r, .. } => *r,
+        }
+    }
+}
+
+impl From<RejectReason> for Rejection {
+    fn from(r: RejectReason) -> Self {
+        Rejection::Drop(r)
     }
 }
 
@@ -186,9 +272,11 @@ impl Plan {
 pub struct Context<'a> {
     /// Now, in epoch milliseconds.
     pub now_ms: i64,
-    /// A fresh message id (a UUID in production, a counter in unit tests).
+    /// A fresh message id (a UUID in production, fixed in unit tests).
     pub fresh_id: &'a dyn Fn() -> String,
-    /// What is known about a group without I/O (the group cache).
-    pub groups: &'a dyn Fn(&str) -> crate::group::GroupLookup,
+    /// The stored group the input names, when it names one ([`crate::handlers::Input::group_needed`]):
+    /// looked up by the pipeline before the handler runs. `None`: not stored (inline or
+    /// transient).
+    pub group: Option<Arc<Group>>,
     pub settings: &'a crate::handlers::Settings,
 }

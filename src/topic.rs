@@ -6,7 +6,7 @@
 //! by a full parse of every word, never by suffix matching.
 
 use crate::config::TopicLayout;
-use crate::message::{is_valid_id, RejectReason};
+use crate::domain::{AppId, ClientId, MessageId, RejectReason, UserId};
 
 /// The broker refuses routing keys longer than this (AMQP shortstr).
 pub const MAX_KEY_BYTES: usize = 255;
@@ -16,47 +16,62 @@ pub const MAX_KEY_BYTES: usize = 255;
 pub enum Inbound {
     /// I1: user `sender` sends a message to `recipient` (a user or a group).
     Send {
-        app: String,
-        sender: String,
-        recipient: String,
+        app: AppId,
+        sender: UserId,
+        recipient: UserId,
     },
     /// I2: `me` acknowledges message `message_id` of the conversation with `with`.
     Receipt {
-        app: String,
-        me: String,
-        with: String,
-        message_id: String,
+        app: AppId,
+        me: UserId,
+        with: UserId,
+        message_id: MessageId,
     },
     /// I3: `me` updates its conversation with `with`.
-    ConversationUpdate { app: String, me: String, with: String },
+    ConversationUpdate { app: AppId, me: UserId, with: UserId },
     /// I4: `me` archives its conversation with `with`.
-    Archive { app: String, me: String, with: String },
+    Archive { app: AppId, me: UserId, with: UserId },
     /// I5: a client of `user` connected or disconnected.
     Presence {
-        app: String,
-        user: String,
-        client_id: String,
+        app: AppId,
+        user: UserId,
+        client_id: ClientId,
     },
     /// I6: `me` is typing in the conversation with `with`.
-    Typing { app: String, me: String, with: String },
+    Typing { app: AppId, me: UserId, with: UserId },
     /// I7: `me` blocks (`add == true`) or unblocks `other`.
     Block {
-        app: String,
-        me: String,
-        other: String,
+        app: AppId,
+        me: UserId,
+        other: UserId,
         add: bool,
     },
     /// I8: a trusted service created or changed a group.
-    GroupUpdate { app: String },
+    GroupUpdate { app: AppId },
     /// I9: a trusted service replays a stored message into `inbox`'s timeline.
     HistoryReplay {
-        app: String,
-        inbox: String,
-        convers_with: String,
+        app: AppId,
+        inbox: UserId,
+        convers_with: UserId,
     },
 }
 
 impl Inbound {
+    /// The app (tenant) the input belongs to.
+    pub fn app(&self) -> &AppId {
+        match self {
+            Inbound::Send { app, .. }
+            | Inbound::Receipt { app, .. }
+            | Inbound::ConversationUpdate { app, .. }
+            | Inbound::Archive { app, .. }
+            | Inbound::Presence { app, .. }
+            | Inbound::Typing { app, .. }
+            | Inbound::Block { app, .. }
+            | Inbound::GroupUpdate { app }
+            | Inbound::HistoryReplay { app, .. } => app,
+        }
+    }
+
     /// Fixed label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -119,7 +134,7 @@ pub struct Topics {
 #[derive(Debug, Clone)]
 enum Layout {
     Chat21 { app: String },
-    Seed { app: String, seed: Seed },
+    Seed { app: AppId, seed: Seed },
 }
 
 impl Topics {
@@ -139,19 +154,19 @@ impl Topics {
     pub fn seed(app: &str, path_prefix: &str) -> Result<Self, String> {
         Ok(Topics {
             layout: Layout::Seed {
-                app: app.to_owned(),
+                app: AppId::parse(app).map_err(|_| format!("app id {app:?} is not a valid id"))?,
                 seed: Seed::new(path_prefix)?,
             },
             presence: false,
         })
     }
 
-    pub fn from_config(cfg: &crate::config::Config) -> Result<Self, String> {
-        let topics = match cfg.topic_layout {
+    pub fn from_config(cfg: &crate::config::TopicConfig) -> Result<Self, String> {
+        let topics = match cfg.layout {
             TopicLayout::Chat21 => Self::chat21(&cfg.app_id),
             TopicLayout::Seed => Self::seed(&cfg.app_id, &cfg.path_prefix)?,
         };
-        Ok(topics.with_presence(cfg.presence_enabled))
+        Ok(topics.with_presence(cfg.presence))
     }
 
     /// Binding patterns on `amq.topic` for the inputs this engine handles (PROTOCOL §2).
@@ -334,7 +349,7 @@ fn parse_chat21(key: &str) -> Result<Inbound, RejectReason> {
         return Err(RejectReason::BadTopic);
     }
     let w: Vec<&str> = key.split('.').collect();
-    let app = |a: &str| id(a);
+    let app = AppId::parse;
     Ok(match w.as_slice() {
         ["apps", "observer", a, "groups", "update"] => Inbound::GroupUpdate { app: app(a)? },
         ["apps", "observer", a, "users", i, "messages", c, "delivered"] => Inbound::HistoryReplay {
@@ -351,7 +366,7 @@ fn parse_chat21(key: &str) -> Result<Inbound, RejectReason> {
             app: app(a)?,
             me: id(me)?,
             with: id(with)?,
-            message_id: id(m)?,
+            message_id: MessageId::parse(m)?,
         },
         ["apps", a, "users", me, "conversations", with, "update"] => Inbound::ConversationUpdate {
             app: app(a)?,
@@ -366,7 +381,7 @@ fn parse_chat21(key: &str) -> Result<Inbound, RejectReason> {
         ["apps", a, "users", u, "presence", c] => Inbound::Presence {
             app: app(a)?,
             user: id(u)?,
-            client_id: id(c)?,
+            client_id: ClientId::parse(c)?,
         },
         ["apps", a, "users", me, "typing", with] => Inbound::Typing {
             app: app(a)?,
@@ -383,12 +398,8 @@ fn parse_chat21(key: &str) -> Result<Inbound, RejectReason> {
     })
 }
 
-fn id(word: &str) -> Result<String, RejectReason> {
-    if is_valid_id(word) {
-        Ok(word.to_owned())
-    } else {
-        Err(RejectReason::InvalidId)
-    }
+fn id(word: &str) -> Result<UserId, RejectReason> {
+    UserId::parse(word)
 }
 
 fn checked(key: String) -> Result<String, RejectReason> {

@@ -70,7 +70,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     delivery.acker.ack(BasicAckOptions::default()).await?;
                     continue;
                 };
-                let keys: Vec<String> = if !group_id.is_empty() && recipient == group_id {
+                let keys: Vec<String> = if !group_id.is_empty() && recipient.as_str() == group_id {
                     group_members.iter().map(|m| topics.message_added(&app, m, &group_id).unwrap_or_default()).collect()
                 } else {
                     [(&sender, &recipient), (&recipient, &sender)]

@@ -10,9 +10,9 @@ use crate::jwt::Minter;
 /// Lifetime of the engine's own service token (when it logs in with one).
 pub const SERVICE_TOKEN_TTL: Duration = Duration::from_secs(3600);
 
-pub async fn connect(cfg: &Config, name: &str) -> lapin::Result<Arc<Connection>> {
-    let token = match cfg.broker_auth {
-        BrokerAuth::ServiceToken => Some(mint_service_token(cfg)),
+pub async fn connect(cfg: &Config, name: &str) -> Result<Arc<Connection>, super::BrokerError> {
+    let token = match cfg.broker.auth {
+        BrokerAuth::ServiceToken => Some(mint_service_token(cfg)?),
         _ => None,
     };
     let uri = cfg.amqp_uri(token.as_deref());
@@ -24,11 +24,9 @@ pub async fn connect(cfg: &Config, name: &str) -> lapin::Result<Arc<Connection>>
     Ok(conn)
 }
 
-fn mint_service_token(cfg: &Config) -> String {
-    // Config validation guarantees a secret in ServiceToken mode.
-    Minter::from_config(cfg)
-        .and_then(|m| m.service_token(&cfg.app_id, &cfg.queue_name, SERVICE_TOKEN_TTL))
-        .unwrap_or_default()
+/// Never an empty password: a token that cannot be signed is an error, reported as one.
+fn mint_service_token(cfg: &Config) -> Result<String, crate::jwt::JwtError> {
+    Minter::from_config(cfg)?.service_token(&cfg.topics.app_id, &cfg.broker.queue_name, SERVICE_TOKEN_TTL)
 }
 
 /// Replace the token before it expires (`connection.update-secret`): RabbitMQ 4.2.6+ closes
@@ -43,7 +41,13 @@ fn spawn_token_refresh(conn: Arc<Connection>, cfg: Config) {
             if !conn.status().connected() {
                 return;
             }
-            let token = mint_service_token(&cfg);
+            let token = match mint_service_token(&cfg) {
+                Ok(token) => token,
+                Err(e) => {
+                    tracing::error!(error = %e, "service token not refreshed; the connection will be re-established");
+                    return;
+                }
+            };
             if let Err(e) = conn.update_secret(token.as_str().into(), "token refresh".into()).await {
                 tracing::warn!(error = %e, "service token refresh failed; the connection will be re-established");
                 return;

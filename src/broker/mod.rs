@@ -19,4 +19,6 @@ pub enum BrokerError {
     Amqp(#[from] lapin::Error),
     #[error("the broker cancelled the consumer")]
     ConsumerEnded,
+    #[error("service token: {0}")]
+    ServiceToken(#[from] crate::jwt::JwtError),
 }

@@ -1,23 +1,17 @@
 //! Keeps the engine connected: connect with exponential, capped, jittered backoff, run a
 //! consuming session, and when the connection dies start over. Forever, until shutdown.
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::consumer::{self, SessionEnd};
+use crate::retry::Backoff;
 use crate::store::writer::Writer;
 use crate::store::Store;
 use crate::Engine;
 
 pub async fn supervise(engine: Arc<Engine>, store: Option<Store>, writer: Option<Writer>, shutdown: CancellationToken) {
-    let backoff_builder = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(10))
-        .with_jitter()
-        .without_max_times();
-    let mut backoff = backoff_builder.build();
+    let mut backoff = Backoff::BROKER.delays();
     let mut connected_before = false;
     while !shutdown.is_cancelled() {
         match super::connect(&engine.config, "chat21-engine").await {
@@ -26,7 +20,7 @@ pub async fn supervise(engine: Arc<Engine>, store: Option<Store>, writer: Option
                     engine.metrics.reconnected();
                 }
                 connected_before = true;
-                backoff = backoff_builder.build();
+                backoff = Backoff::BROKER.delays();
                 tracing::info!("connected to broker");
                 let end = consumer::run_session(&engine, store.as_ref(), writer.as_ref(), &conn, &shutdown).await;
                 engine.metrics.set_broker_connected(false);
@@ -44,7 +38,7 @@ pub async fn supervise(engine: Arc<Engine>, store: Option<Store>, writer: Option
             }
             Err(e) => tracing::warn!(error = %e, "broker connection failed"),
         }
-        let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+        let delay = backoff.next().unwrap_or(Backoff::BROKER.max);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.cancelled() => {}

@@ -5,21 +5,17 @@
 
 use serde_json::Value;
 
-use crate::message::RejectReason;
+use crate::domain::{AppId, UserId};
 use crate::plan::{Committed, Plan, Publish, Write};
 use crate::topic::{ConversationEvent, Topics};
 
 /// The payload is ignored (§6).
-pub(super) fn archive(app: &str, me: &str, with: &str) -> Result<Plan, RejectReason> {
-    Ok(Plan {
-        rejected: None,
-        publishes: Vec::new(),
-        writes: vec![Write::Archive {
-            app: app.into(),
-            timeline_of: me.into(),
-            convers_with: with.into(),
-        }],
-    })
+pub(super) fn archive(app: &AppId, me: &UserId, with: &UserId) -> Plan {
+    Plan::writes(vec![Write::Archive {
+        app: app.clone(),
+        timeline_of: me.clone(),
+        convers_with: with.clone(),
+    }])
 }
 
 /// Publishes that depend on the commit: for an archived conversation, `…conversations.{with}.clientdeleted`
@@ -48,14 +44,19 @@ pub fn after_commit(topics: &Topics, committed: &Committed) -> Vec<Publish> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Message;
     use crate::plan::conversation_object;
     use serde_json::json;
+
+    fn msg(v: Value) -> Message {
+        Message::from_fields(v.as_object().unwrap().clone())
+    }
 
     #[test]
     fn archived_conversation_is_deleted_then_added_to_archived() {
         let t = Topics::chat21("app");
         let last = json!({"text": "hi", "sender": "U2", "app_id": "app"});
-        let conv = conversation_object("U1", "U2", last.as_object().unwrap(), false, true);
+        let conv = conversation_object("U1", "U2", &msg(last), false, true);
         let out = after_commit(
             &t,
             &Committed {
@@ -71,7 +72,7 @@ mod tests {
                 "apps.app.users.U1.archived_conversations.U2.clientadded"
             ]
         );
-        let body: Value = serde_json::from_slice(&out[0].body).unwrap();
+        let body: Value = serde_json::from_slice(out[0].bytes()).unwrap();
         assert_eq!(body["last_message_text"], "hi");
         assert_eq!(body["archived"], true);
         assert_eq!(body["key"], "U2");
@@ -81,7 +82,7 @@ mod tests {
     fn unarchived_conversation_leaves_the_archive() {
         let t = Topics::chat21("app");
         let last = json!({"text": "back", "sender": "U1", "app_id": "app"});
-        let conv = conversation_object("U2", "U1", last.as_object().unwrap(), true, false);
+        let conv = conversation_object("U2", "U1", &msg(last), true, false);
         let out = after_commit(
             &t,
             &Committed {
@@ -91,7 +92,7 @@ mod tests {
         );
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].key, "apps.app.users.U2.archived_conversations.U1.clientdeleted");
-        let body: Value = serde_json::from_slice(&out[0].body).unwrap();
+        let body: Value = serde_json::from_slice(out[0].bytes()).unwrap();
         assert_eq!(body["last_message_text"], "back");
         assert_eq!(body["archived"], false);
     }

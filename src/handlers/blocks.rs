@@ -4,15 +4,15 @@
 
 use serde_json::json;
 
-use crate::message::RejectReason;
+use crate::domain::{AppId, RejectReason, UserId};
 use crate::plan::{Context, Plan, Publish, Write};
 use crate::topic::Topics;
 
 pub(super) fn block(
     topics: &Topics,
-    app: &str,
-    me: &str,
-    other: &str,
+    app: &AppId,
+    me: &UserId,
+    other: &UserId,
     add: bool,
     ctx: &Context,
 ) -> Result<Plan, RejectReason> {
@@ -21,29 +21,25 @@ pub(super) fn block(
     Ok(Plan {
         publishes: vec![Publish::json(key, &echo)],
         writes: vec![Write::Block {
-            app: app.to_owned(),
-            user: me.to_owned(),
-            other: other.to_owned(),
+            app: app.clone(),
+            user: me.clone(),
+            other: other.clone(),
             add,
             at_ms: ctx.now_ms,
         }],
-        rejected: None,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handlers::testing::{lookup_in, settings, with_ctx};
+    use crate::handlers::testing::{handled, settings};
 
     #[test]
     fn block_is_stored_and_echoed() {
         let t = Topics::chat21("t");
         for (add, verb) in [(true, "clientadded"), (false, "clientdeleted")] {
-            let plan = with_ctx(&lookup_in(vec![]), &settings(), |ctx| {
-                block(&t, "t", "me", "x", add, ctx)
-            })
-            .unwrap();
+            let plan = handled(&t, &t.block("t", "me", "x", add), "", &[], &settings()).unwrap();
             assert_eq!(plan.publishes[0].key, format!("apps.t.users.me.blocks.x.{verb}"));
             assert!(matches!(&plan.writes[..], [Write::Block { add: a, .. }] if *a == add));
         }

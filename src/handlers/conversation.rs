@@ -3,23 +3,27 @@
 
 use serde_json::{json, Value};
 
-use crate::message::RejectReason;
+use crate::domain::{AppId, Message, RejectReason, UserId};
 use crate::plan::{Plan, Publish, Write};
 use crate::topic::{ConversationEvent, Topics};
 
-pub(super) fn update(topics: &Topics, app: &str, me: &str, with: &str, body: &[u8]) -> Result<Plan, RejectReason> {
-    let payload = super::json_object(body)?;
-    let Some(is_new) = payload.get("is_new").and_then(Value::as_bool) else {
+pub(super) fn update(
+    topics: &Topics,
+    app: &AppId,
+    me: &UserId,
+    with: &UserId,
+    payload: &Message,
+) -> Result<Plan, RejectReason> {
+    let Some(is_new) = payload.fields().get("is_new").and_then(Value::as_bool) else {
         return Err(RejectReason::Ignored);
     };
     let key = topics.conversation_event(app, me, with, ConversationEvent::Updated)?;
     let update = json!({"is_new": is_new, "timelineOf": me, "conversWith": with});
     Ok(Plan {
-        rejected: None,
         publishes: vec![Publish::json(key, &update)],
         writes: vec![Write::ConversationIsNew {
-            timeline_of: me.into(),
-            convers_with: with.into(),
+            timeline_of: me.clone(),
+            convers_with: with.clone(),
             is_new,
         }],
     })
@@ -28,6 +32,10 @@ pub(super) fn update(topics: &Topics, app: &str, me: &str, with: &str, body: &[u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn update(t: &Topics, app: &str, me: &str, with: &str, body: &[u8]) -> Result<Plan, RejectReason> {
+        super::update(t, &app.into(), &me.into(), &with.into(), &Message::parse(body)?)
+    }
 
     #[test]
     fn only_is_new_is_taken() {
@@ -41,7 +49,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.publishes[0].key, "apps.app.users.U1.conversations.U2.clientupdated");
-        let body: Value = serde_json::from_slice(&p.publishes[0].body).unwrap();
+        let body: Value = serde_json::from_slice(p.publishes[0].bytes()).unwrap();
         assert_eq!(body, json!({"is_new": false, "timelineOf": "U1", "conversWith": "U2"}));
         assert_eq!(
             p.writes,

@@ -5,130 +5,112 @@
 //! rewrite a stored group's member list); an inline `group.members` is used only for an id
 //! the store does not know; with neither, the group is transient.
 
-use serde_json::{Map, Value};
-use std::sync::Arc;
-
-use super::send::stamp;
-use super::Halt;
-use crate::group::{member_ids, GroupLookup};
-use crate::message::{status, RejectReason};
-use crate::plan::{Context, Plan, Publish, TimelineCopy};
+use crate::domain::{status, AppId, Message, RejectReason, Sealed, UserId};
+use crate::plan::{Context, Plan, Publish, Rejection, TimelineCopy};
 use crate::topic::Topics;
 
 pub(super) fn send(
     topics: &Topics,
-    app: &str,
-    sender: &str,
-    group_id: &str,
-    mut msg: Map<String, Value>,
+    app: &AppId,
+    sender: &UserId,
+    group_id: &UserId,
+    mut msg: Message,
     ctx: &Context,
-) -> Result<Plan, Halt> {
+) -> Result<Plan, Rejection> {
     // The payload's shape first: a malformed `group` is refused whatever the store says.
-    let inline = match msg.get("group") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(g)) => {
-            let members = member_ids(g.get("members").unwrap_or(&Value::Null))?;
-            if members.len() > ctx.settings.max_inline_group_members {
-                return Err(RejectReason::TooManyMembers.into());
-            }
-            Some(members)
-        }
-        Some(_) => return Err(RejectReason::BadGroup.into()),
-    };
-    let stored = match (ctx.groups)(group_id) {
-        GroupLookup::Unknown => return Err(Halt::NeedGroup(group_id.to_owned())),
-        GroupLookup::Stored(g) => Some(g),
-        GroupLookup::NotStored => None,
-    };
-    stamp(&mut msg, app, sender, group_id, ctx);
-    if msg.get("channel_type").is_none_or(Value::is_null) {
-        // Detected by the `group-` compat rule: say so, for clients and the store.
-        msg.insert("channel_type".into(), "group".into());
+    let inline = msg.inline_members()?;
+    if inline
+        .as_ref()
+        .is_some_and(|m| m.len() > ctx.settings.max_inline_group_members)
+    {
+        return Err(RejectReason::TooManyMembers.into());
     }
-    let members: Vec<&str> = match (&stored, &inline) {
+    let stored = ctx.group.as_ref().filter(|g| &g.uid == group_id);
+    msg.stamp(app, sender, group_id, ctx.fresh_id, ctx.now_ms);
+    msg.mark_group();
+    let members: Vec<&UserId> = match (stored, &inline) {
         (Some(g), _) => {
             if !g.is_member(sender) && !ctx.settings.trusted_senders.contains(sender) {
                 // Fix D19: a non-member cannot write into a group; the sender is told.
                 let key = topics.message_added(app, sender, group_id)?;
                 let why = "the sender is not a member of this group";
-                return Ok(Plan::refusal(key, msg, RejectReason::NotAMember, why));
+                return Err(Rejection::refuse(key, msg, RejectReason::NotAMember, why));
             }
-            g.members.iter().map(String::as_str).collect()
+            g.members.iter().collect()
         }
         // Inline: the listed members plus the sender; transient: the sender alone. The group
         // timeline copy below makes "+ G itself".
         (None, inline) => {
-            let mut m: Vec<&str> = inline.iter().flatten().map(String::as_str).collect();
+            let mut m: Vec<&UserId> = inline.iter().flatten().collect();
             if !m.contains(&sender) {
                 m.push(sender);
             }
             m
         }
     };
-    let hidden_for = msg
-        .get("attributes")
-        .and_then(|a| a.get("hiddenFor"))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
+    let hidden_for = msg.hidden_for().map(str::to_owned);
 
-    // Every member copy has the same body: serialize it once, share the parsed message.
-    msg.insert("status".into(), status::DELIVERED.into());
-    let body = super::to_vec(&msg);
-    let delivered = Arc::new(msg.clone());
+    // Every member copy carries the same message: sealed (serialized) once, shared.
+    let delivered = Sealed::new(msg.clone().with_status(status::DELIVERED));
     let mut publishes = Vec::with_capacity(members.len() + 1);
     // Fix D1: `hiddenFor` skips that member only, not every member after it.
     for m in members
         .into_iter()
-        .filter(|m| *m != group_id && Some(*m) != hidden_for.as_deref())
+        .filter(|m| *m != group_id && Some(m.as_str()) != hidden_for.as_deref())
     {
-        publishes.push(Publish {
-            key: topics.message_added(app, m, group_id)?,
-            body: body.clone(),
-            persistent: true,
-            to: (m != sender).then(|| m.to_owned()),
-            copy: Some(TimelineCopy {
-                timeline_of: m.to_owned(),
-                convers_with: group_id.to_owned(),
-                is_new: m != sender,
-                message: delivered.clone(),
-            }),
-        });
+        let copy = TimelineCopy {
+            timeline_of: m.clone(),
+            convers_with: group_id.clone(),
+            is_new: m != sender,
+            message: delivered.clone(),
+        };
+        let to = (m != sender).then(|| m.clone());
+        publishes.push(Publish::copy(topics.message_added(app, m, group_id)?, copy, to));
     }
     // The group's own timeline (history replay and `message-sent` use it).
-    msg.insert("status".into(), status::SENT.into());
     let key = topics.message_added(app, group_id, group_id)?;
-    publishes.push(super::send::copy(key, group_id, group_id, false, msg, None));
+    let sent = Sealed::new(msg.with_status(status::SENT));
+    publishes.push(super::send::copy(key, group_id, group_id, false, sent, None));
     Ok(Plan::publishes(publishes))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::handlers::testing::{group, lookup_in, settings, with_ctx};
+    use crate::domain::{Group, RejectReason};
+    use crate::handlers::testing::{group, handled, settings};
     use crate::handlers::Settings;
-    use serde_json::json;
+    use crate::plan::{Plan, Rejection};
+    use crate::topic::Topics;
+    use serde_json::{json, Value};
+    use std::sync::Arc;
 
-    fn run_with(body: &str, sender: &str, lookup: &dyn Fn(&str) -> GroupLookup, s: &Settings) -> Result<Plan, Halt> {
+    fn run_with(body: &str, sender: &str, groups: &[Arc<Group>], s: &Settings) -> Result<Plan, Rejection> {
         let t = Topics::chat21("tilechat");
-        let msg = crate::handlers::json_object(body.as_bytes()).map_err(Halt::Reject)?;
-        with_ctx(lookup, s, |ctx| send(&t, "tilechat", sender, "G", msg, ctx))
+        let body = match serde_json::from_str::<Value>(body) {
+            // Group messages by channel, whatever the test body says.
+            Ok(Value::Object(mut m)) => {
+                m.entry("channel_type").or_insert("group".into());
+                Value::Object(m).to_string()
+            }
+            _ => body.to_string(),
+        };
+        handled(&t, &t.outgoing(sender, "G"), &body, groups, s)
     }
 
     /// (timeline, status, is_new) of every publish.
-    fn run(body: &str, sender: &str) -> Result<Vec<(String, i64, Option<bool>)>, Halt> {
-        let lookup = lookup_in(vec![group("G", &["A", "B", "C"])]);
-        let plan = run_with(body, sender, &lookup, &settings())?;
+    fn run(body: &str, sender: &str) -> Result<Vec<(String, i64, Option<bool>)>, Rejection> {
+        let plan = run_with(body, sender, &[group("G", &["A", "B", "C"])], &settings())?;
         Ok(plan
             .publishes
             .iter()
             .map(|p| {
-                let v: Value = serde_json::from_slice(&p.body).unwrap();
+                let v: Value = serde_json::from_slice(p.bytes()).unwrap();
                 let timeline = p.key.split('.').nth(3).unwrap().to_string();
                 assert!(p.key.ends_with(".messages.G.clientadded"), "{}", p.key);
                 (
                     timeline,
                     v["status"].as_i64().unwrap(),
-                    p.copy.as_ref().map(|c| c.is_new),
+                    p.timeline_copy().map(|c| c.is_new),
                 )
             })
             .collect())
@@ -154,10 +136,15 @@ mod tests {
 
     #[test]
     fn copies_carry_the_engine_fields() {
-        let lookup = lookup_in(vec![group("G", &["A", "B"])]);
-        let plan = run_with(r#"{"text":"hi","sender":"X"}"#, "A", &lookup, &settings()).unwrap();
+        let plan = run_with(
+            r#"{"text":"hi","sender":"X"}"#,
+            "A",
+            &[group("G", &["A", "B"])],
+            &settings(),
+        )
+        .unwrap();
         for p in &plan.publishes {
-            let v: Value = serde_json::from_slice(&p.body).unwrap();
+            let v: Value = serde_json::from_slice(p.bytes()).unwrap();
             assert_eq!((v["sender"].as_str(), v["recipient"].as_str()), (Some("A"), Some("G")));
             assert_eq!(v["channel_type"], "group");
             assert_eq!(v["message_id"], "id");
@@ -173,19 +160,14 @@ mod tests {
 
     #[test]
     fn non_member_is_refused_and_told() {
-        let plan = run_with(
-            r#"{"text":"hi"}"#,
-            "X",
-            &lookup_in(vec![group("G", &["A"])]),
-            &settings(),
-        )
-        .unwrap();
-        assert_eq!(plan.rejected, Some(RejectReason::NotAMember));
-        assert_eq!(plan.publishes.len(), 1);
-        let p = &plan.publishes[0];
+        let refused = run_with(r#"{"text":"hi"}"#, "X", &[group("G", &["A"])], &settings()).unwrap_err();
+        let Rejection::Refuse { reason, notice: p } = refused else {
+            panic!("the sender is told")
+        };
+        assert_eq!(reason, RejectReason::NotAMember);
         assert_eq!(p.key, "apps.tilechat.users.X.messages.G.clientadded");
-        assert!(p.copy.is_none(), "a refused message is not persisted");
-        let v: Value = serde_json::from_slice(&p.body).unwrap();
+        assert!(p.timeline_copy().is_none(), "a refused message is not persisted");
+        let v: Value = serde_json::from_slice(p.bytes()).unwrap();
         assert_eq!(v["status"], -100);
         assert_eq!(v["error"]["code"], "not_a_member");
     }
@@ -198,16 +180,15 @@ mod tests {
 
     #[test]
     fn inline_group_members_plus_sender_keep_the_group_field() {
-        let lookup = lookup_in(vec![]);
         let body = r#"{"text":"hi","group":{"members":{"P":1,"Q":1}}}"#;
-        let plan = run_with(body, "S", &lookup, &settings()).unwrap();
+        let plan = run_with(body, "S", &[], &settings()).unwrap();
         let keys: Vec<&str> = plan
             .publishes
             .iter()
             .map(|p| p.key.split('.').nth(3).unwrap())
             .collect();
         assert_eq!(keys, vec!["P", "Q", "S", "G"]);
-        let v: Value = serde_json::from_slice(&plan.publishes[0].body).unwrap();
+        let v: Value = serde_json::from_slice(plan.publishes[0].bytes()).unwrap();
         assert_eq!(v["group"], json!({"members":{"P":1,"Q":1}}));
     }
 
@@ -219,7 +200,7 @@ mod tests {
 
     #[test]
     fn transient_group_reaches_sender_and_group_timeline() {
-        let plan = run_with(r#"{"text":"first"}"#, "S", &lookup_in(vec![]), &settings()).unwrap();
+        let plan = run_with(r#"{"text":"first"}"#, "S", &[], &settings()).unwrap();
         let keys: Vec<&str> = plan.publishes.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(
             keys,
@@ -231,40 +212,33 @@ mod tests {
     }
 
     #[test]
-    fn unknown_group_asks_for_a_lookup() {
-        let unknown = |_: &str| GroupLookup::Unknown;
+    fn a_malformed_group_field_is_refused_whatever_the_store_says() {
         assert_eq!(
-            run_with(r#"{"text":"x"}"#, "A", &unknown, &settings()),
-            Err(Halt::NeedGroup("G".into()))
-        );
-        // A malformed group field is refused before any lookup.
-        assert_eq!(
-            run_with(r#"{"group":3}"#, "A", &unknown, &settings()),
-            Err(Halt::Reject(RejectReason::BadGroup))
+            run_with(r#"{"group":3}"#, "A", &[group("G", &["A"])], &settings()),
+            Err(Rejection::Drop(RejectReason::BadGroup))
         );
     }
 
     #[test]
     fn bad_inline_groups() {
-        let lookup = lookup_in(vec![]);
         let s = Settings {
             max_inline_group_members: 2,
             ..settings()
         };
-        let err = |b: &str| run_with(b, "S", &lookup, &s).unwrap_err();
-        assert_eq!(err(r#"{"group":"x"}"#), Halt::Reject(RejectReason::BadGroup));
+        let err = |b: &str| run_with(b, "S", &[], &s).unwrap_err();
+        assert_eq!(err(r#"{"group":"x"}"#), Rejection::Drop(RejectReason::BadGroup));
         assert_eq!(
             err(r#"{"group":{"members":[1]}}"#),
-            Halt::Reject(RejectReason::BadGroup)
+            Rejection::Drop(RejectReason::BadGroup)
         );
-        assert_eq!(err(r#"{"group":{}}"#), Halt::Reject(RejectReason::BadGroup));
+        assert_eq!(err(r#"{"group":{}}"#), Rejection::Drop(RejectReason::BadGroup));
         assert_eq!(
             err(r#"{"group":{"members":{"a.b":1}}}"#),
-            Halt::Reject(RejectReason::InvalidId)
+            Rejection::Drop(RejectReason::InvalidId)
         );
         assert_eq!(
             err(r#"{"group":{"members":{"a":1,"b":1,"c":1}}}"#),
-            Halt::Reject(RejectReason::TooManyMembers)
+            Rejection::Drop(RejectReason::TooManyMembers)
         );
     }
 }

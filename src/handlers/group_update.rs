@@ -5,13 +5,18 @@
 use serde_json::Value;
 use std::sync::Arc;
 
-use crate::group::{member_ids, Group};
-use crate::message::RejectReason;
+use crate::domain::message::member_ids;
+use crate::domain::{AppId, Group, Message, RejectReason};
 use crate::plan::{Context, Plan, Publish, Write};
 use crate::topic::Topics;
 
-pub(super) fn group_update(topics: &Topics, app: &str, body: &[u8], ctx: &Context) -> Result<Plan, RejectReason> {
-    let payload = super::json_object(body)?;
+pub(super) fn group_update(
+    topics: &Topics,
+    app: &AppId,
+    payload: &Message,
+    ctx: &Context,
+) -> Result<Plan, RejectReason> {
+    let payload = payload.fields();
     let Some(Value::Object(object)) = payload.get("group") else {
         return Err(RejectReason::BadGroup);
     };
@@ -28,20 +33,25 @@ pub(super) fn group_update(topics: &Topics, app: &str, body: &[u8], ctx: &Contex
     Ok(Plan {
         publishes,
         writes: vec![Write::Group(Arc::new(group))],
-        rejected: None,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handlers::testing::{lookup_in, settings, with_ctx};
+    use crate::handlers::testing::{handled, settings};
+    use crate::plan::Rejection;
 
     fn run(body: &str) -> Result<Plan, RejectReason> {
         let t = Topics::chat21("tilechat");
-        with_ctx(&lookup_in(vec![]), &settings(), |ctx| {
-            group_update(&t, "tilechat", body.as_bytes(), ctx)
-        })
+        handled(&t, &t.group_update("tilechat"), body, &[], &settings()).map_err(|r| r.reason())
+    }
+
+    #[test]
+    fn rejections_are_dropped_not_told() {
+        let t = Topics::chat21("tilechat");
+        let got = handled(&t, &t.group_update("tilechat"), "{}", &[], &settings());
+        assert_eq!(got, Err(Rejection::Drop(RejectReason::BadGroup)));
     }
 
     #[test]
@@ -58,7 +68,7 @@ mod tests {
                 "apps.tilechat.users.C.groups.g1.clientupdated"
             ]
         );
-        let v: Value = serde_json::from_slice(&plan.publishes[0].body).unwrap();
+        let v: Value = serde_json::from_slice(plan.publishes[0].bytes()).unwrap();
         assert_eq!(v["name"], "N");
         let [Write::Group(g)] = plan.writes.as_slice() else {
             panic!()

@@ -1,43 +1,35 @@
 //! I9, history replay (PROTOCOL §4.5): a trusted service hands a stored, delivered message
 //! to `inbox`'s timeline. It is published unchanged and persisted there.
 
-use serde_json::Value;
-use std::sync::Arc;
-
-use crate::message::{is_valid_id, status, RejectReason};
+use crate::domain::{status, AppId, Message, RejectReason, Sealed, UserId};
 use crate::plan::{Plan, Publish, TimelineCopy};
 use crate::topic::Topics;
 
 pub(super) fn replay(
     topics: &Topics,
-    app: &str,
-    inbox: &str,
-    convers_with: &str,
-    body: &[u8],
+    app: &AppId,
+    inbox: &UserId,
+    convers_with: &UserId,
+    msg: Message,
+    body: Vec<u8>,
 ) -> Result<Plan, RejectReason> {
-    let msg = super::json_object(body)?;
-    if msg.get("status").and_then(Value::as_i64) != Some(status::DELIVERED) {
+    if msg.status() != Some(status::DELIVERED) {
         return Err(RejectReason::Ignored);
     }
     // The store's key for the row; a replay without one could not be deduplicated.
-    if !matches!(msg.get("message_id"), Some(Value::String(id)) if is_valid_id(id)) {
+    if msg.message_id().is_none() {
         return Err(RejectReason::BadPayload);
     }
     let key = topics.message_added(app, inbox, convers_with)?;
-    let is_new = msg.get("sender").and_then(Value::as_str) != Some(inbox);
-    Ok(Plan::publishes(vec![Publish {
-        key,
-        body: body.to_vec(),
-        persistent: true,
-        // A trusted service's replay: not subject to block lists.
-        to: None,
-        copy: Some(TimelineCopy {
-            timeline_of: inbox.to_owned(),
-            convers_with: convers_with.to_owned(),
-            is_new,
-            message: Arc::new(msg),
-        }),
-    }]))
+    let is_new = msg.sender() != Some(inbox.as_str());
+    let copy = TimelineCopy {
+        timeline_of: inbox.clone(),
+        convers_with: convers_with.clone(),
+        is_new,
+        message: Sealed::verbatim(msg, body),
+    };
+    // A trusted service's replay: not subject to block lists.
+    Ok(Plan::publishes(vec![Publish::copy(key, copy, None)]))
 }
 
 #[cfg(test)]
@@ -45,7 +37,15 @@ mod tests {
     use super::*;
 
     fn run(body: &str) -> Result<Plan, RejectReason> {
-        replay(&Topics::chat21("t"), "t", "I", "C", body.as_bytes())
+        let msg = Message::parse(body.as_bytes())?;
+        replay(
+            &Topics::chat21("t"),
+            &"t".into(),
+            &"I".into(),
+            &"C".into(),
+            msg,
+            body.into(),
+        )
     }
 
     #[test]
@@ -55,8 +55,8 @@ mod tests {
         assert_eq!(plan.publishes.len(), 1);
         let p = &plan.publishes[0];
         assert_eq!(p.key, "apps.t.users.I.messages.C.clientadded");
-        assert_eq!(p.body, body.as_bytes(), "byte for byte");
-        let copy = p.copy.as_ref().unwrap();
+        assert_eq!(p.bytes(), body.as_bytes(), "byte for byte");
+        let copy = p.timeline_copy().unwrap();
         assert_eq!(
             (copy.timeline_of.as_str(), copy.convers_with.as_str(), copy.is_new),
             ("I", "C", true)

@@ -5,50 +5,45 @@
 
 use serde_json::Value;
 
-use crate::message::RejectReason;
+use crate::domain::{AppId, ClientId, Message, RejectReason, UserId};
 use crate::plan::{Context, Plan, Write};
 
 pub(super) fn presence(
-    app: &str,
-    user: &str,
-    client_id: &str,
-    body: &[u8],
+    app: &AppId,
+    user: &UserId,
+    client_id: &ClientId,
+    payload: &Message,
     ctx: &Context,
 ) -> Result<Plan, RejectReason> {
     if !ctx.settings.presence {
         // Only reachable through a binding left by an earlier configuration.
         return Err(RejectReason::Unsupported);
     }
-    let msg = super::json_object(body)?;
-    let yes = |k: &str| msg.get(k) == Some(&Value::Bool(true));
+    let yes = |k: &str| payload.fields().get(k) == Some(&Value::Bool(true));
     let connected = match (yes("connected"), yes("disconnected")) {
         (true, false) => true,
         (false, true) => false,
         _ => return Err(RejectReason::BadPayload),
     };
-    Ok(Plan {
-        publishes: Vec::new(),
-        writes: vec![Write::Presence {
-            app: app.to_owned(),
-            user: user.to_owned(),
-            client_id: client_id.to_owned(),
-            connected,
-            at_ms: ctx.now_ms,
-        }],
-        rejected: None,
-    })
+    Ok(Plan::writes(vec![Write::Presence {
+        app: app.clone(),
+        user: user.clone(),
+        client_id: client_id.clone(),
+        connected,
+        at_ms: ctx.now_ms,
+    }]))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handlers::testing::{lookup_in, settings, with_ctx};
+    use crate::handlers::testing::{handled, settings};
     use crate::handlers::Settings;
+    use crate::topic::Topics;
 
     fn run(body: &str, s: &Settings) -> Result<Plan, RejectReason> {
-        with_ctx(&lookup_in(vec![]), s, |ctx| {
-            presence("t", "U", "c1", body.as_bytes(), ctx)
-        })
+        let t = Topics::chat21("t");
+        handled(&t, &t.presence("t", "U", "c1"), body, &[], s).map_err(|r| r.reason())
     }
 
     #[test]

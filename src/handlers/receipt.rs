@@ -1,47 +1,45 @@
 //! I2, receipts (PROTOCOL §5): `me` has received message `message_id` of its conversation
 //! with `with`. Only `{"status":200}` means something; anything else is ignored (counted).
 
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::message::{status, RejectReason};
+use crate::domain::{status, AppId, Message, MessageId, RejectReason, UserId};
 use crate::plan::{Committed, Plan, Publish, Write};
 use crate::topic::Topics;
 
 pub(super) fn receipt(
     topics: &Topics,
-    app: &str,
-    me: &str,
-    with: &str,
-    message_id: &str,
-    body: &[u8],
+    app: &AppId,
+    me: &UserId,
+    with: &UserId,
+    message_id: &MessageId,
+    payload: &Message,
 ) -> Result<Plan, RejectReason> {
-    let payload = super::json_object(body)?;
-    if payload.get("status").and_then(Value::as_i64) != Some(status::RECEIVED) {
+    if payload.status() != Some(status::RECEIVED) {
         return Err(RejectReason::Ignored);
     }
     // The other party (the message's sender) learns that its copy was received.
     let key = topics.receipt_updated(app, with, me, message_id)?;
     let update = json!({"timelineOf": with, "message_id": message_id, "status": status::RETURN_RECEIPT});
     Ok(Plan {
-        rejected: None,
         publishes: vec![Publish::json(key, &update)],
         writes: vec![
             Write::MessageStatus {
-                timeline_of: me.into(),
-                message_id: message_id.into(),
+                timeline_of: me.clone(),
+                message_id: message_id.clone(),
                 status: status::RECEIVED,
             },
             Write::MessageStatus {
-                timeline_of: with.into(),
-                message_id: message_id.into(),
+                timeline_of: with.clone(),
+                message_id: message_id.clone(),
                 status: status::RETURN_RECEIPT,
             },
             // For a group, `with` is the group: the store knows the original sender.
             Write::GroupReceipt {
-                app: app.into(),
-                reader: me.into(),
-                convers_with: with.into(),
-                message_id: message_id.into(),
+                app: app.clone(),
+                reader: me.clone(),
+                convers_with: with.clone(),
+                message_id: message_id.clone(),
             },
         ],
     })
@@ -66,13 +64,19 @@ pub(super) fn group_receipts(topics: &Topics, committed: &Committed) -> Vec<Publ
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
+
+    fn receipt(t: &Topics, app: &str, me: &str, with: &str, id: &str, body: &[u8]) -> Result<Plan, RejectReason> {
+        let payload = Message::parse(body)?;
+        super::receipt(t, &app.into(), &me.into(), &with.into(), &id.into(), &payload)
+    }
 
     #[test]
     fn received_becomes_a_return_receipt_for_the_sender() {
         let t = Topics::chat21("app");
         let p = receipt(&t, "app", "U2", "U1", "m1", br#"{"status":200}"#).unwrap();
         assert_eq!(p.publishes[0].key, "apps.app.users.U1.messages.U2.m1.clientupdated");
-        let body: Value = serde_json::from_slice(&p.publishes[0].body).unwrap();
+        let body: Value = serde_json::from_slice(p.publishes[0].bytes()).unwrap();
         assert_eq!(body, json!({"timelineOf": "U1", "message_id": "m1", "status": 250}));
         assert_eq!(p.writes.len(), 3);
         assert!(
@@ -94,7 +98,7 @@ mod tests {
         };
         let out = group_receipts(&t, &committed);
         assert_eq!(out[0].key, "apps.app.users.S.messages.G.m1.clientupdated");
-        let body: Value = serde_json::from_slice(&out[0].body).unwrap();
+        let body: Value = serde_json::from_slice(out[0].bytes()).unwrap();
         assert_eq!(body, json!({"timelineOf": "S", "message_id": "m1", "status": 250}));
     }
 

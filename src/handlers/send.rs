@@ -1,43 +1,35 @@
 //! I1, sending a message (PROTOCOL §3): direct messages here, group messages in `group.rs`.
 
-use serde_json::{Map, Value};
-
-use super::Halt;
-use crate::message::{is_valid_id, status};
-use crate::plan::{Context, Plan, Publish, TimelineCopy};
+use crate::domain::{status, AppId, Message, Sealed, UserId};
+use crate::plan::{Context, Plan, Publish, Rejection, TimelineCopy};
 use crate::topic::Topics;
-
-/// §3: a group message is one with `channel_type == "group"`, or with no `channel_type` and
-/// a recipient containing `group-` (compatibility with clients that omit channel_type).
-pub(super) fn is_group_message(msg: &Map<String, Value>, recipient: &str) -> bool {
-    match msg.get("channel_type") {
-        Some(Value::String(ct)) => ct == "group",
-        None | Some(Value::Null) => recipient.contains("group-"),
-        Some(_) => false,
-    }
-}
 
 pub(super) fn send(
     topics: &Topics,
-    app: &str,
-    sender: &str,
-    recipient: &str,
-    body: &[u8],
+    app: &AppId,
+    sender: &UserId,
+    recipient: &UserId,
+    mut msg: Message,
     ctx: &Context,
-) -> Result<Plan, Halt> {
-    let mut msg = super::json_object(body)?;
-    if is_group_message(&msg, recipient) {
+) -> Result<Plan, Rejection> {
+    if msg.is_group(recipient) {
         return super::group::send(topics, app, sender, recipient, msg, ctx);
     }
     // Render both keys first: an input is either fully processed or rejected, never half.
     let sender_key = topics.message_added(app, sender, recipient)?;
     let recipient_key = topics.message_added(app, recipient, sender)?;
 
-    stamp(&mut msg, app, sender, recipient, ctx);
-    msg.insert("status".into(), status::SENT.into());
-    let sender_copy = copy(sender_key, sender, recipient, false, msg.clone(), None);
-    msg.insert("status".into(), status::DELIVERED.into());
-    let recipient_copy = copy(recipient_key, recipient, sender, true, msg, Some(recipient));
+    msg.stamp(app, sender, recipient, ctx.fresh_id, ctx.now_ms);
+    let sender_copy = copy(
+        sender_key,
+        sender,
+        recipient,
+        false,
+        Sealed::new(msg.clone().with_status(status::SENT)),
+        None,
+    );
+    let delivered = Sealed::new(msg.with_status(status::DELIVERED));
+    let recipient_copy = copy(recipient_key, recipient, sender, true, delivered, Some(recipient));
     Ok(Plan::publishes(vec![sender_copy, recipient_copy]))
 }
 
@@ -45,70 +37,52 @@ pub(super) fn send(
 /// `to`: whose block list may veto it (None for the sender's own copy and group timelines).
 pub(super) fn copy(
     key: String,
-    timeline_of: &str,
-    convers_with: &str,
+    timeline_of: &UserId,
+    convers_with: &UserId,
     is_new: bool,
-    msg: Map<String, Value>,
-    to: Option<&str>,
+    message: std::sync::Arc<Sealed>,
+    to: Option<&UserId>,
 ) -> Publish {
-    Publish {
-        key,
-        body: super::to_vec(&msg),
-        persistent: true,
-        to: to.map(str::to_owned),
-        copy: Some(TimelineCopy {
-            timeline_of: timeline_of.to_owned(),
-            convers_with: convers_with.to_owned(),
-            is_new,
-            message: std::sync::Arc::new(msg),
-        }),
-    }
-}
-
-/// The fields the engine owns (§3), overwriting what the client sent.
-pub(super) fn stamp(msg: &mut Map<String, Value>, app: &str, sender: &str, recipient: &str, ctx: &Context) {
-    msg.insert("sender".into(), sender.into());
-    msg.insert("recipient".into(), recipient.into());
-    msg.insert("app_id".into(), app.into());
-    // The client's id is the idempotency key (D14): a retried publish keeps its id.
-    let client_id_ok = matches!(msg.get("message_id"), Some(Value::String(id)) if is_valid_id(id));
-    if !client_id_ok {
-        msg.insert("message_id".into(), (ctx.fresh_id)().into());
-    }
-    if !msg.get("timestamp").is_some_and(Value::is_number) {
-        msg.insert("timestamp".into(), ctx.now_ms.into());
-    }
+    let copy = TimelineCopy {
+        timeline_of: timeline_of.clone(),
+        convers_with: convers_with.clone(),
+        is_new,
+        message,
+    };
+    Publish::copy(key, copy, to.cloned())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
+    use crate::domain::RejectReason;
     use crate::handlers::testing;
-    use crate::message::RejectReason;
+    use crate::plan::{Plan, Rejection};
+    use crate::topic::Topics;
 
-    fn run_with(body: &str, sender: &str, recipient: &str) -> Result<Plan, Halt> {
+    fn run_with(body: &str, sender: &str, recipient: &str) -> Result<Plan, Rejection> {
         let t = Topics::chat21("tilechat");
-        let groups = testing::lookup_in(vec![]);
+        let key = t.outgoing(sender, recipient);
+        let input = crate::handlers::Input::parse(t.parse(&key)?, body.as_bytes())?;
         let settings = testing::settings();
-        let ctx = Context {
+        let ctx = crate::plan::Context {
             now_ms: 1_700_000_000_000,
             fresh_id: &|| "fresh-uuid".to_string(),
-            groups: &groups,
+            group: None,
             settings: &settings,
         };
-        send(&t, "tilechat", sender, recipient, body.as_bytes(), &ctx)
+        crate::handlers::handle(&t, &input.inbound, input.payload, &ctx)
     }
 
-    fn run(body: &str, recipient: &str) -> Result<Vec<(String, Value)>, Halt> {
+    fn run(body: &str, recipient: &str) -> Result<Vec<(String, Value)>, Rejection> {
         let plan = run_with(body, "U1", recipient)?;
         Ok(plan
             .publishes
             .into_iter()
             .map(|p| {
                 assert!(p.persistent);
-                (p.key, serde_json::from_slice(&p.body).unwrap())
+                (p.key.clone(), serde_json::from_slice(p.bytes()).unwrap())
             })
             .collect())
     }
@@ -171,16 +145,19 @@ mod tests {
     #[test]
     fn bad_bodies() {
         let err = |b: &str| run(b, "U2").unwrap_err();
-        assert_eq!(err("not json"), Halt::Reject(RejectReason::NotJson));
-        assert_eq!(err("[1,2]"), Halt::Reject(RejectReason::NotObject));
-        assert_eq!(err("\"s\""), Halt::Reject(RejectReason::NotObject));
-        assert_eq!(err(""), Halt::Reject(RejectReason::NotJson));
+        assert_eq!(err("not json"), Rejection::Drop(RejectReason::NotJson));
+        assert_eq!(err("[1,2]"), Rejection::Drop(RejectReason::NotObject));
+        assert_eq!(err("\"s\""), Rejection::Drop(RejectReason::NotObject));
+        assert_eq!(err(""), Rejection::Drop(RejectReason::NotJson));
     }
 
     #[test]
     fn overlong_keys_reject_the_whole_input() {
-        let long = "r".repeat(128);
-        let err = run_with("{}", &"s".repeat(128), &long).unwrap_err();
-        assert_eq!(err, Halt::Reject(RejectReason::KeyTooLong));
+        // The seed layout's inbox key is 3 bytes longer than its outgoing key: an input that
+        // fits can still name copies that do not.
+        let t = Topics::seed("tilechat", "/p").unwrap();
+        let (s, r) = ("s".repeat(116), "r".repeat(116));
+        let got = testing::handled(&t, &t.outgoing(&s, &r), "{}", &[], &testing::settings());
+        assert_eq!(got.unwrap_err(), Rejection::Drop(RejectReason::KeyTooLong));
     }
 }

@@ -4,45 +4,41 @@
 
 use serde_json::{json, Value};
 
-use super::Halt;
-use crate::group::GroupLookup;
-use crate::message::RejectReason;
+use crate::domain::{AppId, Message, RejectReason, UserId};
 use crate::plan::{Context, Plan, Publish};
 use crate::topic::Topics;
 
 pub(super) fn typing(
     topics: &Topics,
-    app: &str,
-    me: &str,
-    with: &str,
-    body: &[u8],
+    app: &AppId,
+    me: &UserId,
+    with: &UserId,
+    payload: &Message,
     ctx: &Context,
-) -> Result<Plan, Halt> {
-    let msg = super::json_object(body)?;
-    let Some(typing) = msg.get("typing").and_then(Value::as_bool) else {
-        return Err(RejectReason::BadPayload.into());
+) -> Result<Plan, RejectReason> {
+    let Some(typing) = payload.fields().get("typing").and_then(Value::as_bool) else {
+        return Err(RejectReason::BadPayload);
     };
     let note = json!({"user_id": me, "typing": typing});
     // Transient, and subject to the receiver's block list (§9: S is left out of R's typing).
-    let transient = |key: String, to: &str| {
+    let transient = |key: String, to: &UserId| {
         let mut p = Publish::json(key, &note);
         p.persistent = false;
-        p.to = Some(to.to_owned());
+        p.to = Some(to.clone());
         p
     };
-    if !super::send::is_group_message(&msg, with) {
+    if !payload.is_group(with) {
         return Ok(Plan::publishes(vec![transient(
             topics.typing_updated(app, with, me)?,
             with,
         )]));
     }
-    let publishes = match (ctx.groups)(with) {
-        GroupLookup::Unknown => return Err(Halt::NeedGroup(with.to_owned())),
+    let publishes = match ctx.group.as_ref().filter(|g| &g.uid == with) {
         // A transient or inline group has no one to tell beyond the typist.
-        GroupLookup::NotStored => Vec::new(),
-        GroupLookup::Stored(g) => {
+        None => Vec::new(),
+        Some(g) => {
             if !g.is_member(me) && !ctx.settings.trusted_senders.contains(me) {
-                return Err(RejectReason::NotAMember.into());
+                return Err(RejectReason::NotAMember);
             }
             g.members
                 .iter()
@@ -57,14 +53,13 @@ pub(super) fn typing(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handlers::testing::{group, lookup_in, settings, with_ctx};
+    use crate::handlers::testing::{group, handled, settings};
+    use crate::plan::Rejection;
 
-    fn run(body: &str, me: &str, with: &str) -> Result<Plan, Halt> {
+    fn run(body: &str, me: &str, with: &str) -> Result<Plan, Rejection> {
         let t = Topics::chat21("t");
-        let lookup = lookup_in(vec![group("group-1", &["A", "B", "C"])]);
-        with_ctx(&lookup, &settings(), |ctx| {
-            typing(&t, "t", me, with, body.as_bytes(), ctx)
-        })
+        let groups = [group("group-1", &["A", "B", "C"])];
+        handled(&t, &t.typing("t", me, with), body, &groups, &settings())
     }
 
     #[test]
@@ -72,9 +67,9 @@ mod tests {
         let plan = run(r#"{"typing":true}"#, "A", "B").unwrap();
         let [p] = plan.publishes.as_slice() else { panic!() };
         assert_eq!(p.key, "apps.t.users.B.typing.A.clientupdated");
-        assert!(!p.persistent && p.copy.is_none());
+        assert!(!p.persistent && p.timeline_copy().is_none());
         assert_eq!(
-            serde_json::from_slice::<Value>(&p.body).unwrap(),
+            serde_json::from_slice::<Value>(p.bytes()).unwrap(),
             json!({"user_id":"A","typing":true})
         );
         assert!(plan.writes.is_empty());
@@ -93,7 +88,7 @@ mod tests {
         );
         assert_eq!(
             run(r#"{"typing":true}"#, "X", "group-1").unwrap_err(),
-            Halt::Reject(RejectReason::NotAMember)
+            Rejection::Drop(RejectReason::NotAMember)
         );
         assert!(run(r#"{"typing":true}"#, "X", "group-2").unwrap().publishes.is_empty());
     }
@@ -101,7 +96,10 @@ mod tests {
     #[test]
     fn bad_typing() {
         for body in ["{}", r#"{"typing":"yes"}"#] {
-            assert_eq!(run(body, "A", "B").unwrap_err(), Halt::Reject(RejectReason::BadPayload));
+            assert_eq!(
+                run(body, "A", "B").unwrap_err(),
+                Rejection::Drop(RejectReason::BadPayload)
+            );
         }
     }
 }

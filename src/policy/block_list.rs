@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use super::{Facts, Stage, Verdict};
+use crate::domain::UserId;
 use crate::metrics::Metrics;
 use crate::plan::Plan;
 use crate::topic::Inbound;
@@ -21,7 +22,7 @@ impl BlockList {
 }
 
 /// Who the block lists are checked against: the author of a message or of typing.
-pub fn author(input: &Inbound) -> Option<&str> {
+pub fn author(input: &Inbound) -> Option<&UserId> {
     match input {
         Inbound::Send { sender, .. } => Some(sender),
         Inbound::Typing { me, .. } => Some(me),
@@ -32,7 +33,7 @@ pub fn author(input: &Inbound) -> Option<&str> {
 impl Stage for BlockList {
     fn apply(&self, input: &Inbound, mut plan: Plan, facts: &Facts) -> Verdict {
         let Some(author) = author(input) else {
-            return Verdict::Pass(plan);
+            return Ok(plan);
         };
         let before = plan.publishes.len();
         plan.publishes.retain(|p| match &p.to {
@@ -43,7 +44,7 @@ impl Stage for BlockList {
         if removed > 0 {
             self.metrics.blocked(removed as u64);
         }
-        Verdict::Pass(plan)
+        Ok(plan)
     }
 }
 
@@ -58,15 +59,14 @@ mod tests {
     }
 
     fn keys(v: Verdict) -> Vec<String> {
-        let Verdict::Pass(p) = v else { panic!() };
-        p.publishes.into_iter().map(|p| p.key).collect()
+        v.unwrap().publishes.into_iter().map(|p| p.key).collect()
     }
 
     #[test]
     fn blocked_deliveries_are_removed_and_nothing_else() {
         let t = Topics::chat21("t");
         let stage = BlockList::new(Metrics::new());
-        let b_blocks_a = |user: &str, other: &str| user == "B" && other == "A";
+        let b_blocks_a = |user: &UserId, other: &UserId| user == "B" && other == "A";
         let facts = Facts { blocked: &b_blocks_a };
         // Direct: A keeps its own copy; B's is gone.
         let (input, p) = plan(&t, &t.outgoing("A", "B"), r#"{"text":"x"}"#);

@@ -4,16 +4,13 @@
 //! the message delivered. The rules can be swapped at run time (SIGHUP) without a pause: a
 //! message is judged by the rules in force when it is planned.
 
-use serde_json::{Map, Value};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use super::rules::{Judgement, Policy};
 use super::{Facts, Stage, Verdict};
-use crate::message::RejectReason;
-use crate::plan::Plan;
+use crate::domain::{RejectReason, Sealed};
+use crate::plan::{Body, Plan};
 use crate::topic::{Inbound, Topics};
-
-type Message = Arc<Map<String, Value>>;
 
 pub struct ContentFilter {
     policy: RwLock<Arc<Policy>>,
@@ -40,42 +37,41 @@ impl ContentFilter {
 impl Stage for ContentFilter {
     fn apply(&self, input: &Inbound, mut plan: Plan, _facts: &Facts) -> Verdict {
         let Inbound::Send { app, .. } = input else {
-            return Verdict::Pass(plan);
+            return Ok(plan);
         };
         // Every copy of a message carries the same text.
-        let Some(first) = plan.publishes.iter().find_map(|p| p.copy.as_ref()) else {
-            return Verdict::Pass(plan);
-        };
-        let Some(text) = first.message.get("text").and_then(Value::as_str) else {
-            return Verdict::Pass(plan);
+        let Some(text) = plan.copies().next().and_then(|c| c.message().text()) else {
+            return Ok(plan);
         };
         match self.current().rules(app).judge(text) {
-            Judgement::Pass => Verdict::Pass(plan),
-            Judgement::Reject(why) => {
-                super::refuse_send(&self.topics, input, &plan, RejectReason::ContentRejected, &why)
-            }
+            Judgement::Pass => Ok(plan),
+            Judgement::Reject(why) => Err(super::refuse_send(
+                &self.topics,
+                input,
+                &plan,
+                RejectReason::ContentRejected,
+                &why,
+            )),
             Judgement::Mask(masked) => {
-                // Copies share their message (a group fan-out has one for all members): rewrite
+                // Copies share their message (a group fan-out has one for all members): reseal
                 // each distinct message once.
-                let mut rewritten: Vec<(Message, Message, Vec<u8>)> = Vec::new();
+                let mut resealed: Vec<(Arc<Sealed>, Arc<Sealed>)> = Vec::new();
                 for p in &mut plan.publishes {
-                    let Some(copy) = p.copy.as_mut() else { continue };
-                    let done = rewritten.iter().find(|(old, _, _)| Arc::ptr_eq(old, &copy.message));
-                    let (new, body) = match done {
-                        Some((_, new, body)) => (new.clone(), body.clone()),
+                    let Body::Copy(copy) = &mut p.body else { continue };
+                    let done = resealed.iter().find(|(old, _)| Arc::ptr_eq(old, &copy.message));
+                    let new = match done {
+                        Some((_, new)) => new.clone(),
                         None => {
-                            let mut m = (*copy.message).clone();
-                            m.insert("text".into(), masked.clone().into());
-                            let body = serde_json::to_vec(&m).unwrap_or_default();
-                            let new = Arc::new(m);
-                            rewritten.push((copy.message.clone(), new.clone(), body.clone()));
-                            (new, body)
+                            let mut m = copy.message().clone();
+                            m.set_text(masked.clone());
+                            let new = Sealed::new(m);
+                            resealed.push((copy.message.clone(), new.clone()));
+                            new
                         }
                     };
                     copy.message = new;
-                    p.body = body;
                 }
-                Verdict::Pass(plan)
+                Ok(plan)
             }
         }
     }
@@ -85,21 +81,29 @@ impl Stage for ContentFilter {
 mod tests {
     use super::*;
     use crate::handlers::testing::{group, plan};
+    use crate::plan::Rejection;
+    use serde_json::Value;
 
-    fn run(filter: &ContentFilter, t: &Topics, to: &str, body: &str) -> Plan {
+    fn run(filter: &ContentFilter, t: &Topics, to: &str, body: &str) -> Verdict {
         let (input, plan) = plan(t, &t.outgoing("A", to), body, vec![group("group-1", &["A", "B", "C"])]);
-        let Verdict::Pass(p) = filter.apply(&input, plan, &Facts::none()) else {
-            panic!()
-        };
-        p
+        filter.apply(&input, plan, &Facts::none())
     }
 
-    fn texts(p: &Plan) -> Vec<String> {
-        p.publishes
+    fn refused(v: Verdict) -> (RejectReason, crate::plan::Publish) {
+        match v {
+            Err(Rejection::Refuse { reason, notice }) => (reason, notice),
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    fn texts(p: &Verdict) -> Vec<String> {
+        p.as_ref()
+            .unwrap()
+            .publishes
             .iter()
             .map(|p| {
-                let v: Value = serde_json::from_slice(&p.body).unwrap();
-                assert_eq!(p.copy.as_ref().unwrap().message["text"], v["text"]);
+                let v: Value = serde_json::from_slice(p.bytes()).unwrap();
+                assert_eq!(p.timeline_copy().unwrap().message().text(), v["text"].as_str());
                 v["text"].as_str().unwrap().to_string()
             })
             .collect()
@@ -118,18 +122,18 @@ mod tests {
         // Group fan-out: every member copy and the group timeline are masked.
         let group_texts = texts(&run(&f, &t, "group-1", r#"{"text":"secret","channel_type":"group"}"#));
         assert_eq!(group_texts, vec!["***"; 4]);
-        let refused = run(&f, &t, "B", r#"{"text":"forbidden"}"#);
-        assert_eq!(refused.rejected, Some(RejectReason::ContentRejected));
-        let v: Value = serde_json::from_slice(&refused.publishes[0].body).unwrap();
+        let (reason, notice) = refused(run(&f, &t, "B", r#"{"text":"forbidden"}"#));
+        assert_eq!(reason, RejectReason::ContentRejected);
+        let v: Value = serde_json::from_slice(notice.bytes()).unwrap();
         assert_eq!(
             (v["status"].as_i64(), v["error"]["code"].as_str()),
             (Some(-100), Some("content_rejected"))
         );
-        assert_eq!(refused.publishes[0].key, "apps.t.users.A.messages.B.clientadded");
+        assert_eq!(notice.key, "apps.t.users.A.messages.B.clientadded");
         let long = format!(r#"{{"text":"{}"}}"#, "x".repeat(31));
-        assert_eq!(run(&f, &t, "B", &long).rejected, Some(RejectReason::ContentRejected));
+        assert_eq!(refused(run(&f, &t, "B", &long)).0, RejectReason::ContentRejected);
         // Reloaded rules apply to the next message.
         f.replace(Policy::compile_toml("").unwrap());
-        assert!(run(&f, &t, "B", r#"{"text":"forbidden secret"}"#).rejected.is_none());
+        assert!(run(&f, &t, "B", r#"{"text":"forbidden secret"}"#).is_ok());
     }
 }

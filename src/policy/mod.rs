@@ -5,10 +5,10 @@
 //! any other work; block lists remove deliveries before the filter looks at what is left; and
 //! persistence runs last, so it stores exactly what will be delivered.
 //!
-//! A stage passes the plan on (possibly altered), turns it into a refusal the sender is told
-//! about (`Plan::refusal`), or rejects the whole input. A stage never does I/O: what it needs
-//! from the store (block lists) is loaded before the chain runs, in one batch, and handed in
-//! as [`Facts`]; a rejection by one stage is about that input only.
+//! A stage passes the plan on (possibly altered) or rejects the input ([`Rejection`]: dropped,
+//! or refused with the sender told). A stage never does I/O: what it needs from the store
+//! (block lists) is loaded before the chain runs, in one batch, and handed in as [`Facts`]; a
+//! rejection by one stage is about that input only.
 
 mod block_list;
 mod content;
@@ -19,8 +19,8 @@ mod validate;
 
 use std::sync::Arc;
 
-use crate::message::RejectReason;
-use crate::plan::Plan;
+use crate::domain::{RejectReason, UserId};
+use crate::plan::{Plan, Rejection};
 use crate::topic::{Inbound, Topics};
 
 pub use block_list::BlockList;
@@ -30,19 +30,13 @@ pub use rate_limit::RateLimit;
 pub use rules::{Policy, PolicyError};
 pub use validate::Validate;
 
-/// What a stage decides.
-#[derive(Debug, PartialEq)]
-pub enum Verdict {
-    /// Go on with this plan (the same one, or altered).
-    Pass(Plan),
-    /// Drop the input with this reason.
-    Reject(RejectReason),
-}
+/// What a stage decides: go on with this plan (the same one, or altered), or reject the input.
+pub type Verdict = Result<Plan, Rejection>;
 
 /// What the stages may know about the world, loaded before the chain runs.
 pub struct Facts<'a> {
     /// Has `user` blocked `other`? Every receiver of the plan's deliveries is known.
-    pub blocked: &'a dyn Fn(&str, &str) -> bool,
+    pub blocked: &'a dyn Fn(&UserId, &UserId) -> bool,
 }
 
 impl Facts<'_> {
@@ -54,16 +48,16 @@ impl Facts<'_> {
 
 /// Refuse a message send and tell the sender (§8): its own copy of the planned message, at its
 /// own timeline's key, with `status:-100` and `error:{code: reason, reason: why}`.
-fn refuse_send(topics: &Topics, input: &Inbound, plan: &Plan, reason: RejectReason, why: &str) -> Verdict {
+fn refuse_send(topics: &Topics, input: &Inbound, plan: &Plan, reason: RejectReason, why: &str) -> Rejection {
     let Inbound::Send { app, sender, recipient } = input else {
-        return Verdict::Reject(reason);
+        return reason.into();
     };
-    let Some(copy) = plan.publishes.iter().find_map(|p| p.copy.as_ref()) else {
-        return Verdict::Reject(reason);
+    let Some(copy) = plan.copies().next() else {
+        return reason.into();
     };
     match topics.message_added(app, sender, recipient) {
-        Ok(key) => Verdict::Pass(Plan::refusal(key, (*copy.message).clone(), reason, why)),
-        Err(bad_key) => Verdict::Reject(bad_key),
+        Ok(key) => Rejection::refuse(key, copy.message().clone(), reason, why),
+        Err(bad_key) => bad_key.into(),
     }
 }
 
@@ -85,14 +79,26 @@ impl<S: Stage> Stage for Arc<S> {
     }
 }
 
+/// Which stages run, and with what: built where the engine is assembled.
+pub struct ChainSettings {
+    /// (messages per minute, burst); `None`: no rate limit.
+    pub rate_limit: Option<(std::num::NonZeroU32, std::num::NonZeroU32)>,
+    /// Exempt from the rate limit.
+    pub trusted_senders: std::collections::HashSet<UserId>,
+    /// The compiled policy file, if one is configured.
+    pub policy: Option<Arc<Policy>>,
+    /// A store is configured: the persistence hook runs.
+    pub persistence: bool,
+}
+
 impl Chain {
-    pub fn new(cfg: &crate::config::Config, topics: Arc<Topics>, metrics: Arc<crate::metrics::Metrics>) -> Self {
+    pub fn new(settings: ChainSettings, topics: Arc<Topics>, metrics: Arc<crate::metrics::Metrics>) -> Self {
         let mut stages: Vec<Box<dyn Stage>> = vec![Box::new(Validate)];
-        let rate_limit = cfg.rate_limit.map(|(per_minute, burst)| {
+        let rate_limit = settings.rate_limit.map(|(per_minute, burst)| {
             Arc::new(RateLimit::new(
                 per_minute,
                 burst,
-                cfg.trusted_senders.clone(),
+                settings.trusted_senders.clone(),
                 topics.clone(),
             ))
         });
@@ -100,11 +106,11 @@ impl Chain {
             stages.push(Box::new(r.clone()));
         }
         stages.push(Box::new(BlockList::new(metrics)));
-        let content = cfg.policy.clone().map(|p| Arc::new(ContentFilter::new(p, topics)));
+        let content = settings.policy.map(|p| Arc::new(ContentFilter::new(p, topics)));
         if let Some(c) = &content {
             stages.push(Box::new(c.clone()));
         }
-        if cfg.store.is_some() {
+        if settings.persistence {
             stages.push(Box::new(PersistenceHook));
         }
         Chain {
@@ -127,17 +133,9 @@ impl Chain {
         }
     }
 
-    pub fn run(&self, input: &Inbound, mut plan: Plan, facts: &Facts) -> Result<Plan, RejectReason> {
-        for (i, stage) in self.stages.iter().enumerate() {
-            // A refusal notice (§8) only has to be publishable (stage 0, validate): the other
-            // stages judge and persist messages, and a refused message is neither.
-            if i > 0 && plan.rejected.is_some() {
-                break;
-            }
-            plan = match stage.apply(input, plan, facts) {
-                Verdict::Pass(p) => p,
-                Verdict::Reject(reason) => return Err(reason),
-            };
+    pub fn run(&self, input: &Inbound, mut plan: Plan, facts: &Facts) -> Verdict {
+        for stage in &self.stages {
+            plan = stage.apply(input, plan, facts)?;
         }
         Ok(plan)
     }

@@ -2,8 +2,6 @@
 //! and in its conversation unless the message says `attributes.updateconversation: false`.
 //! Runs last, so copies removed by earlier stages (block list) are not persisted either.
 
-use serde_json::Value;
-
 use super::{Facts, Stage, Verdict};
 use crate::plan::{Plan, Write};
 use crate::topic::Inbound;
@@ -12,15 +10,15 @@ pub struct PersistenceHook;
 
 impl Stage for PersistenceHook {
     fn apply(&self, _input: &Inbound, mut plan: Plan, _facts: &Facts) -> Verdict {
-        for copy in plan.publishes.iter().filter_map(|p| p.copy.as_ref()) {
-            plan.writes.push(Write::Message(copy.clone()));
-            let keep_conversation =
-                copy.message.get("attributes").and_then(|a| a.get("updateconversation")) != Some(&Value::Bool(false));
-            if keep_conversation {
-                plan.writes.push(Write::Conversation(copy.clone()));
+        let mut writes = Vec::new();
+        for copy in plan.copies() {
+            writes.push(Write::Message(copy.clone()));
+            if copy.message().updates_conversation() {
+                writes.push(Write::Conversation(copy.clone()));
             }
         }
-        Verdict::Pass(plan)
+        plan.writes.extend(writes);
+        Ok(plan)
     }
 }
 
@@ -37,9 +35,7 @@ mod tests {
     #[test]
     fn both_timelines_and_conversations() {
         let (input, p) = plan(r#"{"text":"hi"}"#);
-        let Verdict::Pass(p) = PersistenceHook.apply(&input, p, &Facts::none()) else {
-            panic!()
-        };
+        let p = PersistenceHook.apply(&input, p, &Facts::none()).unwrap();
         assert_eq!(p.writes.len(), 4);
         let convs: Vec<_> = p
             .writes
@@ -55,9 +51,7 @@ mod tests {
     #[test]
     fn updateconversation_false_leaves_conversations_alone() {
         let (input, p) = plan(r#"{"text":"hi","attributes":{"updateconversation":false}}"#);
-        let Verdict::Pass(p) = PersistenceHook.apply(&input, p, &Facts::none()) else {
-            panic!()
-        };
+        let p = PersistenceHook.apply(&input, p, &Facts::none()).unwrap();
         assert!(p.writes.iter().all(|w| matches!(w, Write::Message(_))));
         assert_eq!(p.writes.len(), 2);
     }
@@ -68,7 +62,7 @@ mod tests {
         p.publishes[0].key = "k".repeat(300);
         assert_eq!(
             super::super::Chain::minimal(true).run(&input, p, &super::super::Facts::none()),
-            Err(crate::message::RejectReason::KeyTooLong)
+            Err(crate::domain::RejectReason::KeyTooLong.into())
         );
     }
 }

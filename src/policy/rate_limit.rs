@@ -12,19 +12,19 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use super::{Facts, Stage, Verdict};
-use crate::message::RejectReason;
+use crate::domain::{RejectReason, UserId};
 use crate::plan::Plan;
 use crate::topic::{Inbound, Topics};
 
 pub struct RateLimit {
-    limiter: DefaultKeyedRateLimiter<String>,
-    trusted: HashSet<String>,
+    limiter: DefaultKeyedRateLimiter<UserId>,
+    trusted: HashSet<UserId>,
     topics: Arc<Topics>,
     per_minute: NonZeroU32,
 }
 
 impl RateLimit {
-    pub fn new(per_minute: NonZeroU32, burst: NonZeroU32, trusted: HashSet<String>, topics: Arc<Topics>) -> Self {
+    pub fn new(per_minute: NonZeroU32, burst: NonZeroU32, trusted: HashSet<UserId>, topics: Arc<Topics>) -> Self {
         let quota = Quota::per_minute(per_minute).allow_burst(burst);
         RateLimit {
             limiter: RateLimiter::keyed(quota),
@@ -48,13 +48,19 @@ impl RateLimit {
 impl Stage for RateLimit {
     fn apply(&self, input: &Inbound, plan: Plan, _facts: &Facts) -> Verdict {
         let Inbound::Send { sender, .. } = input else {
-            return Verdict::Pass(plan);
+            return Ok(plan);
         };
         if self.trusted.contains(sender) || self.limiter.check_key(sender).is_ok() {
-            return Verdict::Pass(plan);
+            return Ok(plan);
         }
         let why = format!("more than {} messages a minute", self.per_minute);
-        super::refuse_send(&self.topics, input, &plan, RejectReason::RateLimited, &why)
+        Err(super::refuse_send(
+            &self.topics,
+            input,
+            &plan,
+            RejectReason::RateLimited,
+            &why,
+        ))
     }
 }
 
@@ -62,37 +68,36 @@ impl Stage for RateLimit {
 mod tests {
     use super::*;
     use crate::handlers::testing::plan;
+    use crate::plan::Rejection;
 
-    fn send(stage: &RateLimit, t: &Topics, sender: &str) -> Plan {
+    fn send(stage: &RateLimit, t: &Topics, sender: &str) -> Verdict {
         let (input, plan) = plan(t, &t.outgoing(sender, "R"), r#"{"text":"hi"}"#, vec![]);
-        let Verdict::Pass(p) = stage.apply(&input, plan, &Facts::none()) else {
-            panic!()
-        };
-        p
+        stage.apply(&input, plan, &Facts::none())
     }
 
     #[test]
     fn over_the_limit_the_sender_is_told_and_trusted_senders_are_exempt() {
         let t = Arc::new(Topics::chat21("t"));
         let n = |v| NonZeroU32::new(v).unwrap();
-        let stage = RateLimit::new(n(60), n(3), HashSet::from(["system".to_string()]), t.clone());
+        let stage = RateLimit::new(n(60), n(3), HashSet::from(["system".into()]), t.clone());
         for _ in 0..3 {
-            assert!(send(&stage, &t, "S").rejected.is_none());
+            assert!(send(&stage, &t, "S").is_ok());
         }
-        let refused = send(&stage, &t, "S");
-        assert_eq!(refused.rejected, Some(RejectReason::RateLimited));
-        let [p] = refused.publishes.as_slice() else { panic!() };
+        let Err(Rejection::Refuse { reason, notice: p }) = send(&stage, &t, "S") else {
+            panic!("refused, the sender told")
+        };
+        assert_eq!(reason, RejectReason::RateLimited);
         assert_eq!(p.key, "apps.t.users.S.messages.R.clientadded");
-        let v: serde_json::Value = serde_json::from_slice(&p.body).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(p.bytes()).unwrap();
         assert_eq!(
             (v["status"].as_i64(), v["error"]["code"].as_str()),
             (Some(-100), Some("rate_limited"))
         );
         assert_eq!(v["text"], "hi");
         // Another sender has its own bucket; a trusted one has none.
-        assert!(send(&stage, &t, "S2").rejected.is_none());
+        assert!(send(&stage, &t, "S2").is_ok());
         for _ in 0..10 {
-            assert!(send(&stage, &t, "system").rejected.is_none());
+            assert!(send(&stage, &t, "system").is_ok());
         }
         assert_eq!(stage.tracked(), 2);
     }
@@ -104,8 +109,8 @@ mod tests {
         // A token every 100 ms, bucket of one: a sender's state is back to "full" (and is
         // dropped) within two token periods of its last message.
         let stage = RateLimit::new(n(600), n(1), HashSet::new(), t.clone());
-        send(&stage, &t, "S1");
-        send(&stage, &t, "S2");
+        assert!(send(&stage, &t, "S1").is_ok());
+        assert!(send(&stage, &t, "S2").is_ok());
         stage.forget_idle();
         assert_eq!(stage.tracked(), 2, "still refilling");
         std::thread::sleep(std::time::Duration::from_millis(300));

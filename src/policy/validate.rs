@@ -3,7 +3,7 @@
 //! reaching the broker (which would close the channel on an over-long key).
 
 use super::{Facts, Stage, Verdict};
-use crate::message::RejectReason;
+use crate::domain::RejectReason;
 use crate::plan::Plan;
 use crate::topic::{Inbound, MAX_KEY_BYTES};
 
@@ -16,8 +16,8 @@ impl Stage for Validate {
             .iter()
             .any(|p| p.key.is_empty() || p.key.len() > MAX_KEY_BYTES)
         {
-            return Verdict::Reject(RejectReason::KeyTooLong);
+            return Err(RejectReason::KeyTooLong.into());
         }
-        Verdict::Pass(plan)
+        Ok(plan)
     }
 }

@@ -13,8 +13,8 @@ use sqlx::{AnyPool, Row};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use crate::domain::{AppId, ClientId, Group, Message, UserId};
 use crate::events::PresenceChange;
-use crate::group::Group;
 use crate::plan::{GroupReceipt, TimelineCopy, Write};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -27,39 +27,50 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A row that does not hold what the engine wrote there (edited by hand, or written by
+    /// another program): reported, never read as a default.
+    #[error("corrupt row in {table} ({key}): {why}")]
+    Corrupt {
+        table: &'static str,
+        key: String,
+        why: String,
+    },
 }
 
-/// Where the data lives, from `DATABASE_URL`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite { path: String },
-    Postgres { url: String },
+impl StoreError {
+    /// Worth retrying: the database may answer next time. A corrupt row stays corrupt.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, StoreError::Corrupt { .. } | StoreError::Url(_))
+    }
 }
 
-impl Backend {
-    /// `sqlite://PATH` (relative or absolute), `postgres://…` / `postgresql://…`, or `off`.
-    pub fn parse(url: &str) -> Result<Option<Backend>, StoreError> {
-        if url == "off" {
-            return Ok(None);
+/// Which SQL dialect the store speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    pub fn label(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "sqlite",
+            Dialect::Postgres => "postgres",
         }
-        if let Some(path) = url.strip_prefix("sqlite://") {
-            let path = path.split('?').next().unwrap_or_default();
-            if path.is_empty() {
-                return Err(StoreError::Url("sqlite:// needs a file path".into()));
-            }
-            return Ok(Some(Backend::Sqlite { path: path.to_string() }));
-        }
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Ok(Some(Backend::Postgres { url: url.to_string() }));
-        }
-        Err(StoreError::Url("must be sqlite://PATH, postgres://… or off".into()))
     }
 
-    pub fn label(&self) -> &'static str {
-        match self {
-            Backend::Sqlite { .. } => "sqlite",
-            Backend::Postgres { .. } => "postgres",
-        }
+    /// SQLite gets plain `?` placeholders (see [`placeholders`]).
+    fn positional(self) -> bool {
+        self == Dialect::Sqlite
+    }
+}
+
+use crate::config::Database;
+
+fn dialect(backend: &Database) -> Dialect {
+    match backend {
+        Database::Sqlite { .. } => Dialect::Sqlite,
+        Database::Postgres { .. } => Dialect::Postgres,
     }
 }
 
@@ -67,16 +78,16 @@ impl Backend {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
-    backend: &'static str,
+    dialect: Dialect,
 }
 
 /// What a committed batch changed that publishes depend on.
 #[derive(Debug, Default)]
 pub struct Applied {
     /// Conversations archived by this batch, as conversation objects.
-    pub archived: std::collections::HashMap<(String, String), Map<String, Value>>,
+    pub archived: std::collections::HashMap<(UserId, UserId), Map<String, Value>>,
     /// Archived conversations that a new message in this batch un-archived.
-    pub unarchived: std::collections::HashSet<(String, String)>,
+    pub unarchived: std::collections::HashSet<(UserId, UserId)>,
     /// One entry per presence write of the batch, in order: the transition it caused, if any.
     pub presence: std::collections::VecDeque<Option<PresenceChange>>,
     /// One entry per group-receipt write of the batch, in order: the sender to tell, if any.
@@ -119,10 +130,10 @@ pub struct StoredConversation {
 
 impl Store {
     /// Connect (creating the SQLite file and its directory on first run) and migrate.
-    pub async fn open(backend: &Backend) -> Result<Store, StoreError> {
+    pub async fn open(backend: &Database) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let (url, max) = match backend {
-            Backend::Sqlite { path } => {
+            Database::Sqlite { path } => {
                 if let Some(dir) = std::path::Path::new(path)
                     .parent()
                     .filter(|d| !d.as_os_str().is_empty())
@@ -132,26 +143,26 @@ impl Store {
                 // One writer at a time is how SQLite works; readers use the other connections.
                 (format!("sqlite://{path}?mode=rwc"), 4)
             }
-            Backend::Postgres { url } => (url.clone(), 8),
+            Database::Postgres { url } => (url.expose().to_owned(), 8),
         };
         let pool = AnyPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(Duration::from_secs(5))
             .connect(&url)
             .await?;
-        if matches!(backend, Backend::Sqlite { .. }) {
+        if matches!(backend, Database::Sqlite { .. }) {
             // WAL: readers never block the writer; the setting is kept in the file.
             sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await?;
         }
         MIGRATOR.run(&pool).await?;
         Ok(Store {
             pool,
-            backend: backend.label(),
+            dialect: dialect(backend),
         })
     }
 
-    pub fn backend(&self) -> &'static str {
-        self.backend
+    pub fn backend(&self) -> Dialect {
+        self.dialect
     }
 
     /// Is the database answering?
@@ -165,7 +176,7 @@ impl Store {
         let (messages, conversations, updates) = coalesce(writes);
         let mut applied = Applied::default();
         let mut tx = self.pool.begin().await?;
-        let positional = self.backend == "sqlite";
+        let positional = self.dialect.positional();
         for chunk in statement_chunks(&conversations) {
             applied
                 .unarchived
@@ -224,66 +235,68 @@ impl Store {
         row.as_ref().map(message_row).transpose()
     }
 
-    /// A stored group. A row that no longer parses is logged and treated as absent: one bad
-    /// row must not stall the engine.
-    pub async fn group(&self, uid: &str) -> Result<Option<Group>, StoreError> {
+    /// A stored group. A row that does not parse is [`StoreError::Corrupt`].
+    pub async fn group(&self, uid: &UserId) -> Result<Option<Group>, StoreError> {
         let row = sqlx::query("SELECT app_id, members, body, created_on, updated_on FROM groups WHERE uid = $1")
-            .bind(uid)
+            .bind(uid.as_str())
             .fetch_optional(&self.pool)
             .await?;
         let Some(r) = row else { return Ok(None) };
+        let corrupt = |why: String| StoreError::Corrupt {
+            table: "groups",
+            key: uid.to_string(),
+            why,
+        };
         let body: Option<String> = r.try_get("body")?;
-        let object = match body {
-            Some(b) => serde_json::from_str::<Map<String, Value>>(&b).unwrap_or_default(),
+        let object: Map<String, Value> = match body {
+            Some(b) => serde_json::from_str(&b).map_err(|e| corrupt(format!("body: {e}")))?,
             // A row written before group bodies were kept: its columns are the group.
             None => {
                 let members: String = r.try_get("members")?;
-                let members: Value = serde_json::from_str(&members).unwrap_or(Value::Null);
-                serde_json::json!({"uid": uid, "members": members})
-                    .as_object()
-                    .cloned()
-                    .unwrap_or_default()
+                let members: Value = serde_json::from_str(&members).map_err(|e| corrupt(format!("members: {e}")))?;
+                let mut object = Map::new();
+                object.insert("uid".into(), uid.as_str().into());
+                object.insert("members".into(), members);
+                object
             }
         };
         let app_id: String = r.try_get("app_id")?;
-        match Group::from_object(&app_id, &object, r.try_get("updated_on")?) {
-            Ok(mut g) => {
-                g.created_on = r.try_get("created_on")?;
-                Ok(Some(g))
-            }
-            Err(reason) => {
-                tracing::warn!(
-                    uid,
-                    reason = reason.as_str(),
-                    "stored group does not parse; treated as absent"
-                );
-                Ok(None)
-            }
-        }
+        let app_id = AppId::parse(&app_id).map_err(|_| corrupt(format!("app_id {app_id:?}")))?;
+        let mut g =
+            Group::from_object(&app_id, &object, r.try_get("updated_on")?).map_err(|r| corrupt(r.to_string()))?;
+        g.created_on = r.try_get("created_on")?;
+        Ok(Some(g))
     }
 
     /// The block lists of `users` (who each of them blocked), one query per 256 users. Users
     /// who blocked no one are in the map with an empty set.
     pub async fn blocks_of(
         &self,
-        app_id: &str,
-        users: &[String],
-    ) -> Result<HashMap<String, HashSet<String>>, StoreError> {
-        let mut out: HashMap<String, HashSet<String>> = users.iter().map(|u| (u.clone(), HashSet::new())).collect();
-        let positional = self.backend == "sqlite";
+        app_id: &AppId,
+        users: &[UserId],
+    ) -> Result<HashMap<UserId, HashSet<UserId>>, StoreError> {
+        let mut out: HashMap<UserId, HashSet<UserId>> = users.iter().map(|u| (u.clone(), HashSet::new())).collect();
+        let positional = self.dialect.positional();
         for chunk in statement_chunks(users) {
             let sql = format!(
                 "SELECT user_id, other_id FROM blocks WHERE app_id = {} AND user_id IN {}",
                 if positional { "?" } else { "$1" },
                 placeholders_from(positional, 2, chunk.len())
             );
-            let mut q = sqlx::query(&sql).bind(app_id);
+            let mut q = sqlx::query(&sql).bind(app_id.as_str());
             for u in chunk {
                 q = q.bind(u.as_str());
             }
             for r in q.fetch_all(&self.pool).await? {
                 let (user, other): (String, String) = (r.try_get(0)?, r.try_get(1)?);
-                out.entry(user).or_default().insert(other);
+                let id = |s: &str| {
+                    UserId::parse(s).map_err(|_| StoreError::Corrupt {
+                        table: "blocks",
+                        key: format!("{user}/{other}"),
+                        why: format!("{s:?} is not an id"),
+                    })
+                };
+                out.entry(id(&user)?).or_default().insert(id(&other)?);
             }
         }
         Ok(out)
@@ -332,16 +345,8 @@ impl Store {
     }
 }
 
-fn str_field(m: &Map<String, Value>, k: &str) -> Option<String> {
-    m.get(k).and_then(Value::as_str).map(str::to_owned)
-}
-
-fn int_field(m: &Map<String, Value>, k: &str) -> i64 {
-    m.get(k).and_then(Value::as_i64).unwrap_or_default()
-}
-
 fn json(m: &Map<String, Value>) -> String {
-    serde_json::to_string(m).unwrap_or_default()
+    serde_json::to_string(m).expect("a JSON map always serializes")
 }
 
 /// Most rows per statement: 14 parameters a row stays far below SQLite's (32,766) and
@@ -384,14 +389,14 @@ fn coalesce<'a>(writes: impl IntoIterator<Item = &'a Write>) -> Coalesced<'a> {
             | Write::GroupReceipt { .. }
             | Write::Presence { .. } => updates.push(w),
             Write::Message(c) => {
-                if seen.insert((c.timeline_of.as_str(), str_ref(&c.message, "message_id"))) {
+                if seen.insert((c.timeline_of.as_str(), c.message().message_id().unwrap_or_default())) {
                     messages.push(c);
                 }
             }
             Write::Conversation(c) => match conv_index.get(&(c.timeline_of.as_str(), c.convers_with.as_str())) {
                 Some(&i) => {
                     let current: &TimelineCopy = conversations[i];
-                    if int_field(&c.message, "timestamp") >= int_field(&current.message, "timestamp") {
+                    if c.message().timestamp() >= current.message().timestamp() {
                         conversations[i] = c;
                     }
                 }
@@ -411,14 +416,14 @@ async fn archived_among(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     positional: bool,
     rows: &[&TimelineCopy],
-) -> Result<Vec<(String, String)>, sqlx::Error> {
+) -> Result<Vec<(UserId, UserId)>, sqlx::Error> {
     let sql = format!(
         "SELECT timeline_of, convers_with, timestamp FROM conversations WHERE archived = TRUE AND timeline_of IN {}",
         placeholders(positional, 1, rows.len(), None)
     );
     let mut q = sqlx::query(&sql);
     for c in rows {
-        q = q.bind(c.timeline_of.clone());
+        q = q.bind(c.timeline_of.as_str());
     }
     let found = q.fetch_all(&mut **tx).await?;
     let mut out = Vec::new();
@@ -426,9 +431,9 @@ async fn archived_among(
         let (t, w, ts): (String, String, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
         let wins = rows
             .iter()
-            .any(|c| c.timeline_of == t && c.convers_with == w && int_field(&c.message, "timestamp") >= ts);
-        if wins {
-            out.push((t, w));
+            .find(|c| c.timeline_of == t.as_str() && c.convers_with == w.as_str() && c.message().timestamp() >= ts);
+        if let Some(c) = wins {
+            out.push((c.timeline_of.clone(), c.convers_with.clone()));
         }
     }
     Ok(out)
@@ -438,7 +443,7 @@ async fn archived_among(
 enum Changed {
     Nothing,
     /// This conversation was archived; here it is as a conversation object.
-    Archived((String, String), Map<String, Value>),
+    Archived((UserId, UserId), Map<String, Value>),
     /// A presence write, and the transition it caused if any.
     Presence(Option<PresenceChange>),
     /// A group-receipt write, and the original sender to tell if it was a group message.
@@ -447,7 +452,7 @@ enum Changed {
 
 /// Single-row updates, in input order. Message and conversation updates touch only rows that
 /// exist (no stub rows).
-async fn update_row(tx: &mut sqlx::Transaction<'_, sqlx::Any>, w: &Write) -> Result<Changed, sqlx::Error> {
+async fn update_row(tx: &mut sqlx::Transaction<'_, sqlx::Any>, w: &Write) -> Result<Changed, StoreError> {
     match w {
         Write::MessageStatus {
             timeline_of,
@@ -494,7 +499,12 @@ async fn update_row(tx: &mut sqlx::Transaction<'_, sqlx::Any>, w: &Write) -> Res
             .await?;
             if let Some(r) = row {
                 let body: String = r.try_get("body")?;
-                let last: Map<String, Value> = serde_json::from_str(&body).unwrap_or_default();
+                let last = serde_json::from_str(&body).map_err(|e| StoreError::Corrupt {
+                    table: "conversations",
+                    key: format!("{timeline_of}/{convers_with}"),
+                    why: format!("body: {e}"),
+                })?;
+                let last = Message::from_fields(last);
                 let conv =
                     crate::plan::conversation_object(timeline_of, convers_with, &last, get_bool(&r, "is_new")?, true);
                 return Ok(Changed::Archived((timeline_of.clone(), convers_with.clone()), conv));
@@ -514,11 +524,18 @@ async fn update_row(tx: &mut sqlx::Transaction<'_, sqlx::Any>, w: &Write) -> Res
                 .await?;
             let sender: Option<String> = row.map(|r| r.try_get("sender")).transpose()?.flatten();
             // A direct message's copy in `with`'s timeline was sent by `with` itself.
-            let Some(sender) = sender.filter(|s| s != convers_with && s != reader) else {
+            let Some(sender) = sender.filter(|s| convers_with != s.as_str() && reader != s.as_str()) else {
                 return Ok(Changed::GroupReceipt(None));
             };
+            let Ok(sender) = UserId::parse(&sender) else {
+                return Err(StoreError::Corrupt {
+                    table: "messages",
+                    key: format!("{convers_with}/{message_id}"),
+                    why: format!("sender {sender:?} is not an id"),
+                });
+            };
             sqlx::query("UPDATE messages SET status = $1 WHERE timeline_of = $2 AND message_id = $3 AND status < $1")
-                .bind(crate::message::status::RETURN_RECEIPT)
+                .bind(crate::domain::status::RETURN_RECEIPT)
                 .bind(sender.as_str())
                 .bind(message_id.as_str())
                 .execute(&mut **tx)
@@ -556,9 +573,9 @@ async fn update_row(tx: &mut sqlx::Transaction<'_, sqlx::Any>, w: &Write) -> Res
             connected,
             at_ms,
         } => {
-            return presence_row(tx, app, user, client_id, *connected, *at_ms)
-                .await
-                .map(Changed::Presence)
+            return Ok(Changed::Presence(
+                presence_row(tx, app, user, client_id, *connected, *at_ms).await?,
+            ))
         }
         Write::Message(_) | Write::Conversation(_) => {}
     }
@@ -566,12 +583,8 @@ async fn update_row(tx: &mut sqlx::Transaction<'_, sqlx::Any>, w: &Write) -> Res
 }
 
 async fn upsert_group(tx: &mut sqlx::Transaction<'_, sqlx::Any>, g: &Group) -> Result<(), sqlx::Error> {
-    let members: Map<String, Value> = g.members.iter().map(|m| (m.clone(), Value::from(1))).collect();
-    let attributes = g
-        .object
-        .get("attributes")
-        .filter(|a| !a.is_null())
-        .map(Value::to_string);
+    let members: Map<String, Value> = g.members.iter().map(|m| (m.to_string(), Value::from(1))).collect();
+    let attributes = g.attributes().map(Value::to_string);
     sqlx::query(
         "INSERT INTO groups (uid, app_id, name, owner, members, attributes, created_on, updated_on, body) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (uid) DO UPDATE SET \
@@ -580,8 +593,8 @@ async fn upsert_group(tx: &mut sqlx::Transaction<'_, sqlx::Any>, g: &Group) -> R
     )
     .bind(g.uid.as_str())
     .bind(g.app_id.as_str())
-    .bind(str_field(&g.object, "name"))
-    .bind(str_field(&g.object, "owner"))
+    .bind(g.name())
+    .bind(g.owner())
     .bind(json(&members))
     .bind(attributes)
     .bind(g.created_on)
@@ -595,9 +608,9 @@ async fn upsert_group(tx: &mut sqlx::Transaction<'_, sqlx::Any>, g: &Group) -> R
 /// Record one client's connect/disconnect; report the user's online/offline transition.
 async fn presence_row(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    app: &str,
-    user: &str,
-    client_id: &str,
+    app: &AppId,
+    user: &UserId,
+    client_id: &ClientId,
     connected: bool,
     at_ms: i64,
 ) -> Result<Option<PresenceChange>, sqlx::Error> {
@@ -609,12 +622,13 @@ async fn presence_row(
     } else {
         sqlx::query("DELETE FROM presence_clients WHERE app_id = $1 AND user_id = $2 AND client_id = $3")
     };
-    let q = q.bind(app).bind(user).bind(client_id);
+    let (app_s, user_s) = (app.as_str(), user.as_str());
+    let q = q.bind(app_s).bind(user_s).bind(client_id.as_str());
     let q = if connected { q.bind(at_ms) } else { q };
     q.execute(&mut **tx).await?;
     let clients: i64 = sqlx::query("SELECT COUNT(*) FROM presence_clients WHERE app_id = $1 AND user_id = $2")
-        .bind(app)
-        .bind(user)
+        .bind(app_s)
+        .bind(user_s)
         .fetch_one(&mut **tx)
         .await?
         .try_get(0)?;
@@ -622,8 +636,8 @@ async fn presence_row(
         "SELECT CAST(CASE WHEN online THEN 1 ELSE 0 END AS BIGINT) AS online FROM presence \
          WHERE app_id = $1 AND user_id = $2",
     )
-    .bind(app)
-    .bind(user)
+    .bind(app_s)
+    .bind(user_s)
     .fetch_optional(&mut **tx)
     .await?
     .map(|r| get_bool(&r, "online"))
@@ -635,23 +649,19 @@ async fn presence_row(
          ON CONFLICT (app_id, user_id) DO UPDATE SET online = excluded.online, clients = excluded.clients, \
          last_seen = excluded.last_seen",
     )
-    .bind(app)
-    .bind(user)
+    .bind(app_s)
+    .bind(user_s)
     .bind(online)
     .bind(clients)
     .bind(at_ms)
     .execute(&mut **tx)
     .await?;
     Ok((online != was_online).then(|| PresenceChange {
-        app_id: app.to_owned(),
-        user_id: user.to_owned(),
+        app_id: app.clone(),
+        user_id: user.clone(),
         online,
         at_ms,
     }))
-}
-
-fn str_ref<'a>(m: &'a Map<String, Value>, k: &str) -> &'a str {
-    m.get(k).and_then(Value::as_str).unwrap_or_default()
 }
 
 /// `($1, …, $n), ($n+1, …)` (PostgreSQL) or `(?, …), (?, …)` (SQLite) for `rows` rows of
@@ -710,20 +720,20 @@ async fn insert_messages(
     );
     let mut q = sqlx::query(&sql);
     for c in rows {
-        let m = &c.message;
+        let m = c.message();
         q = q
-            .bind(c.timeline_of.clone())
-            .bind(str_field(m, "message_id").unwrap_or_default())
-            .bind(c.convers_with.clone())
-            .bind(str_field(m, "app_id").unwrap_or_default())
-            .bind(str_field(m, "sender"))
-            .bind(str_field(m, "recipient"))
-            .bind(int_field(m, "status"))
-            .bind(int_field(m, "timestamp"))
-            .bind(str_field(m, "text"))
-            .bind(str_field(m, "type"))
-            .bind(str_field(m, "channel_type"))
-            .bind(json(m));
+            .bind(c.timeline_of.as_str())
+            .bind(m.message_id().unwrap_or_default())
+            .bind(c.convers_with.as_str())
+            .bind(m.app_id().unwrap_or_default())
+            .bind(m.sender())
+            .bind(m.recipient())
+            .bind(m.status().unwrap_or_default())
+            .bind(m.timestamp())
+            .bind(m.text())
+            .bind(m.kind())
+            .bind(m.channel_type())
+            .bind(json(m.fields()));
     }
     q.execute(&mut **tx).await?;
     Ok(())
@@ -750,23 +760,22 @@ async fn upsert_conversations(
     );
     let mut q = sqlx::query(&sql);
     for c in rows {
-        let m = &c.message;
-        let attributes = m.get("attributes").filter(|a| !a.is_null()).map(|a| a.to_string());
+        let m = c.message();
         q = q
-            .bind(c.timeline_of.clone())
-            .bind(c.convers_with.clone())
-            .bind(str_field(m, "app_id").unwrap_or_default())
-            .bind(str_field(m, "message_id").unwrap_or_default())
-            .bind(str_field(m, "sender"))
-            .bind(str_field(m, "recipient"))
-            .bind(int_field(m, "status"))
-            .bind(int_field(m, "timestamp"))
-            .bind(str_field(m, "text"))
-            .bind(str_field(m, "type"))
-            .bind(str_field(m, "channel_type"))
-            .bind(attributes)
+            .bind(c.timeline_of.as_str())
+            .bind(c.convers_with.as_str())
+            .bind(m.app_id().unwrap_or_default())
+            .bind(m.message_id().unwrap_or_default())
+            .bind(m.sender())
+            .bind(m.recipient())
+            .bind(m.status().unwrap_or_default())
+            .bind(m.timestamp())
+            .bind(m.text())
+            .bind(m.kind())
+            .bind(m.channel_type())
+            .bind(m.attributes().map(Value::to_string))
             .bind(c.is_new)
-            .bind(json(m));
+            .bind(json(m.fields()));
     }
     q.execute(&mut **tx).await?;
     Ok(())
@@ -774,13 +783,19 @@ async fn upsert_conversations(
 
 fn message_row(r: &AnyRow) -> Result<StoredMessage, StoreError> {
     let body: String = r.try_get("body")?;
+    let (timeline_of, message_id): (String, String) = (r.try_get("timeline_of")?, r.try_get("message_id")?);
+    let message = serde_json::from_str(&body).map_err(|e| StoreError::Corrupt {
+        table: "messages",
+        key: format!("{timeline_of}/{message_id}"),
+        why: format!("body: {e}"),
+    })?;
     Ok(StoredMessage {
-        timeline_of: r.try_get("timeline_of")?,
+        timeline_of,
         convers_with: r.try_get("convers_with")?,
-        message_id: r.try_get("message_id")?,
+        message_id,
         status: r.try_get("status")?,
         timestamp: r.try_get("timestamp")?,
-        message: serde_json::from_str(&body).unwrap_or_default(),
+        message,
     })
 }
 
@@ -815,7 +830,7 @@ mod tests {
             timeline_of: timeline_of.into(),
             convers_with: with.into(),
             is_new,
-            message: Arc::new(m.as_object().unwrap().clone()),
+            message: crate::domain::Sealed::new(Message::from_fields(m.as_object().unwrap().clone())),
         }
     }
 
@@ -824,7 +839,7 @@ mod tests {
     async fn sqlite_upserts() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/c.db");
-        let store = Store::open(&Backend::Sqlite {
+        let store = Store::open(&Database::Sqlite {
             path: path.display().to_string(),
         })
         .await
@@ -853,7 +868,7 @@ mod tests {
         }
         // Reopening runs the migrations again: a no-op.
         store.close().await;
-        let again = Store::open(&Backend::Sqlite {
+        let again = Store::open(&Database::Sqlite {
             path: path.display().to_string(),
         })
         .await
@@ -864,23 +879,23 @@ mod tests {
     async fn temp_store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db").display().to_string();
-        let store = Store::open(&Backend::Sqlite { path }).await.unwrap();
+        let store = Store::open(&Database::Sqlite { path }).await.unwrap();
         (dir, store)
     }
 
     #[tokio::test]
     async fn groups_round_trip_in_member_order() {
         let (_dir, store) = temp_store().await;
-        assert_eq!(store.group("g").await.unwrap(), None);
+        assert_eq!(store.group(&"g".into()).await.unwrap(), None);
         let obj = serde_json::json!({"uid":"g","name":"N","owner":"o","members":{"z":1,"a":1},"attributes":{"k":1}});
-        let g = Group::from_object("app", obj.as_object().unwrap(), 5).unwrap();
+        let g = Group::from_object(&"app".into(), obj.as_object().unwrap(), 5).unwrap();
         store.apply(&[Write::Group(Arc::new(g.clone()))]).await.unwrap();
-        assert_eq!(store.group("g").await.unwrap(), Some(g.clone()));
+        assert_eq!(store.group(&"g".into()).await.unwrap(), Some(g.clone()));
         // An update replaces the membership and keeps the creation time.
         let obj = serde_json::json!({"uid":"g","members":{"a":1}});
-        let g2 = Group::from_object("app", obj.as_object().unwrap(), 9).unwrap();
+        let g2 = Group::from_object(&"app".into(), obj.as_object().unwrap(), 9).unwrap();
         store.apply(&[Write::Group(Arc::new(g2))]).await.unwrap();
-        let got = store.group("g").await.unwrap().unwrap();
+        let got = store.group(&"g".into()).await.unwrap().unwrap();
         assert_eq!(got.members, vec!["a"]);
         assert_eq!((got.created_on, got.updated_on), (5, 9));
     }
@@ -895,7 +910,7 @@ mod tests {
                 timeline_of: timeline.into(),
                 convers_with: with.into(),
                 is_new: false,
-                message: Arc::new(m.as_object().unwrap().clone()),
+                message: crate::domain::Sealed::new(Message::from_fields(m.as_object().unwrap().clone())),
             })
         };
         // A group message from S: S's member copy, R's, and the group timeline G.
@@ -1009,29 +1024,6 @@ mod tests {
         let (m, conv, _) = coalesce(&writes);
         assert_eq!(m.len(), 1);
         assert_eq!(conv.len(), 1);
-        assert_eq!(conv[0].message["text"], "two");
-    }
-
-    #[test]
-    fn urls() {
-        assert_eq!(Backend::parse("off").unwrap(), None);
-        assert_eq!(
-            Backend::parse("sqlite://./data/chat21.db").unwrap(),
-            Some(Backend::Sqlite {
-                path: "./data/chat21.db".into()
-            })
-        );
-        assert_eq!(
-            Backend::parse("sqlite:///var/lib/c.db?x=1").unwrap(),
-            Some(Backend::Sqlite {
-                path: "/var/lib/c.db".into()
-            })
-        );
-        assert!(matches!(
-            Backend::parse("postgres://u@h/db").unwrap(),
-            Some(Backend::Postgres { .. })
-        ));
-        assert!(Backend::parse("mysql://x").is_err());
-        assert!(Backend::parse("sqlite://").is_err());
+        assert_eq!(conv[0].message().text(), Some("two"));
     }
 }

@@ -4,14 +4,13 @@
 //! backoff until it commits: nothing is acked meanwhile, so nothing is lost, and memory stays
 //! bounded by the prefetch (the channel holds at most one job per input in flight).
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Applied, Store};
 use crate::metrics::Metrics;
 use crate::plan::{conversation_object, Committed, Write};
+use crate::retry::Backoff;
 
 /// Most writes folded into one transaction.
 const MAX_BATCH_WRITES: usize = 4096;
@@ -46,7 +45,7 @@ impl Job {
                     if applied.unarchived.remove(&key) {
                         let (t, w) = (&copy.timeline_of, &copy.convers_with);
                         c.unarchived
-                            .push(conversation_object(t, w, &copy.message, copy.is_new, false));
+                            .push(conversation_object(t, w, copy.message(), copy.is_new, false));
                     }
                 }
                 // Presence results come in write order; this job's are next in line.
@@ -91,11 +90,6 @@ impl Writer {
 }
 
 async fn run(store: Store, metrics: Arc<Metrics>, mut rx: mpsc::Receiver<Job>) {
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter()
-        .without_max_times();
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
         let mut count = jobs[0].writes.len();
@@ -112,7 +106,9 @@ async fn run(store: Store, metrics: Arc<Metrics>, mut rx: mpsc::Receiver<Job>) {
         }
         // Borrowed, not cloned: the jobs keep their writes to be told what the commit changed.
         let writes: Vec<&Write> = jobs.iter().flat_map(|j| j.writes.iter()).collect();
-        let mut delays = backoff.build();
+        // Not `retry::until_ok`: a commit is retried through shutdown too (the inputs waiting
+        // for it are acked only after it), and the failure is logged once per outage.
+        let mut delays = Backoff::STORE.delays();
         let mut applied = loop {
             let started = std::time::Instant::now();
             match store.apply(writes.iter().copied()).await {
@@ -126,7 +122,7 @@ async fn run(store: Store, metrics: Arc<Metrics>, mut rx: mpsc::Receiver<Job>) {
                         tracing::warn!(error = %e, inputs = jobs.len(), "store write failed; retrying, inputs stay unacked");
                     }
                     metrics.set_store_ok(false);
-                    tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
+                    tokio::time::sleep(delays.next().unwrap_or(Backoff::STORE.max)).await;
                 }
             }
         };

@@ -164,7 +164,7 @@ where
 
 /// Open the engine's store from the test (SQLite in WAL mode allows a second reader).
 pub async fn open_store(url: &str) -> chat21_engine::store::Store {
-    let backend = chat21_engine::store::Backend::parse(url).unwrap().expect("a store");
+    let backend = chat21_engine::config::Database::parse(url).unwrap().expect("a store");
     chat21_engine::store::Store::open(&backend).await.unwrap()
 }
 

@@ -127,3 +127,34 @@ fn help_lists_every_variable() {
     }
     assert!(help.contains("token"));
 }
+
+/// `check-config` prints the whole configuration in force, defaults included, and never a
+/// secret.
+#[test]
+fn check_config_prints_the_effective_configuration_without_secrets() {
+    let env = [
+        ("RABBITMQ_USER", "engine"),
+        ("RABBITMQ_PASSWORD", "broker-password"),
+        ("JWT_SECRET", "a-jwt-secret-of-enough-bytes"),
+        ("DATABASE_URL", "postgres://chat:db-password@db/chat21"),
+        ("PREFETCH_MESSAGES", "64"),
+    ];
+    let out = engine(&["check-config"], &env);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown = String::from_utf8(out.stdout).unwrap();
+    for v in chat21_engine::config::VARIABLES {
+        assert!(shown.contains(&format!("{}=", v.name)), "{} not shown", v.name);
+    }
+    for line in [
+        "PREFETCH_MESSAGES=64",
+        "APP_ID=tilechat",
+        "RABBITMQ_PASSWORD=<redacted>",
+        "JWT_SECRET=<redacted>",
+    ] {
+        assert!(shown.lines().any(|l| l == line), "{line} not in:\n{shown}");
+    }
+    assert!(shown.contains("DATABASE_URL=postgres://chat:<redacted>@db/chat21"));
+    for secret in ["broker-password", "a-jwt-secret-of-enough-bytes", "db-password"] {
+        assert!(!shown.contains(secret), "{secret} printed");
+    }
+}

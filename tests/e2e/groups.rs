@@ -2,6 +2,7 @@
 //! real MQTT clients with minted JWTs, trusted-service inputs published over AMQP.
 
 use crate::common::*;
+use chat21_engine::domain::UserId;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 
@@ -78,7 +79,11 @@ async fn stored_group_of_three(db: Db) {
     }
     let rows = store.messages(&g, &g, 10).await.unwrap();
     assert_eq!((rows.len(), rows[0].status), (1, 100));
-    let stored = store.group(&g).await.unwrap().expect("group stored");
+    let stored = store
+        .group(&UserId::parse(&g).unwrap())
+        .await
+        .unwrap()
+        .expect("group stored");
     assert_eq!(stored.members, vec![a.clone(), bb.clone(), c.clone()]);
 
     // B's receipt reaches the original sender A (§5), and A's copy becomes 250.
@@ -126,7 +131,12 @@ async fn inline_group_reaches_listed_members_and_sender() {
     }
     nothing_more(&mut cl).await;
     // Not stored: the group stays unknown to the store.
-    assert!(open_store(&e.database_url).await.group(&g).await.unwrap().is_none());
+    assert!(open_store(&e.database_url)
+        .await
+        .group(&UserId::parse(&g).unwrap())
+        .await
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test]
@@ -419,5 +429,10 @@ async fn bad_group_payloads_are_rejected_without_disturbing_traffic() {
         (bad_group == 3.0 && not_json == 1.0).then_some(())
     })
     .await;
-    assert!(open_store(&e.database_url).await.group(&g).await.unwrap().is_none());
+    assert!(open_store(&e.database_url)
+        .await
+        .group(&UserId::parse(&g).unwrap())
+        .await
+        .unwrap()
+        .is_none());
 }

@@ -1,30 +1,6 @@
-//! Message-level vocabulary: ids, status codes and the fixed set of rejection reasons.
-
-/// Chat21 message status codes (PROTOCOL §0).
-pub mod status {
-    pub const FAILED: i64 = -100;
-    pub const SENDING: i64 = 0;
-    pub const SENT: i64 = 100;
-    pub const DELIVERED: i64 = 150;
-    pub const RECEIVED: i64 = 200;
-    pub const RETURN_RECEIPT: i64 = 250;
-    pub const SEEN: i64 = 300;
-}
-
-/// Longest id we accept (bytes). Ids longer than this would make many routing keys exceed
-/// the broker's 255-byte limit anyway.
-pub const MAX_ID_BYTES: usize = 128;
-
-/// A valid id: 1..128 bytes of UTF-8, none of `. / * # +`, no whitespace or control chars
-/// (PROTOCOL §0). `.` would split an AMQP word, `/` is an MQTT level separator, `* # +` are
-/// wildcards: an id containing them could never be routed to or subscribed exactly.
-pub fn is_valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_ID_BYTES
-        && !id
-            .chars()
-            .any(|c| matches!(c, '.' | '/' | '*' | '#' | '+') || c.is_whitespace() || c.is_control())
-}
+//! Why an input was rejected: a fixed set of reasons, used as a metrics label, a log field and
+//! the `error.code` a refused sender is told. What a handler or policy stage *does* with a
+//! reason (drop the input, or refuse it and tell the sender) is [`crate::plan::Rejection`].
 
 /// Why an input was rejected. A fixed set: it is a metrics label, never free text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -100,23 +76,5 @@ impl RejectReason {
 impl std::fmt::Display for RejectReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids() {
-        assert!(is_valid_id("USER1"));
-        assert!(is_valid_id("group-123e4567"));
-        assert!(is_valid_id("ünïcødé"));
-        assert!(is_valid_id(&"a".repeat(128)));
-        assert!(!is_valid_id(&"a".repeat(129)));
-        assert!(!is_valid_id(""));
-        for bad in ["a.b", "a/b", "a*", "#", "a+b", "a b", "a\tb", "a\u{0}b", "a\u{7f}"] {
-            assert!(!is_valid_id(bad), "{bad:?}");
-        }
     }
 }

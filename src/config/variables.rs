@@ -1,0 +1,94 @@
+//! Every environment variable the engine reads, once: its name, default, meaning, and
+//! whether its value is a secret. This table *is* the defaults (they are read from it), and
+//! `--help`, `.env.example` and the README's configuration table are made from it or checked
+//! against it (tests in `mod.rs`).
+
+/// A documented environment variable.
+#[derive(Debug)]
+pub struct Variable {
+    pub name: &'static str,
+    /// Empty: unset (no default).
+    pub default: &'static str,
+    pub help: &'static str,
+    pub shown: Shown,
+}
+
+/// How `check-config` and `Debug` may show a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shown {
+    Plainly,
+    /// Never: `<redacted>`.
+    Never,
+    /// A URL whose password is replaced by `<redacted>` (`postgres://user:<redacted>@host/db`).
+    WithoutPassword,
+}
+
+const fn var(name: &'static str, default: &'static str, help: &'static str) -> Variable {
+    Variable {
+        name,
+        default,
+        help,
+        shown: Shown::Plainly,
+    }
+}
+
+const fn secret(name: &'static str, help: &'static str) -> Variable {
+    Variable {
+        name,
+        default: "",
+        help,
+        shown: Shown::Never,
+    }
+}
+
+const fn url(name: &'static str, default: &'static str, help: &'static str) -> Variable {
+    Variable {
+        name,
+        default,
+        help,
+        shown: Shown::WithoutPassword,
+    }
+}
+
+pub const VARIABLES: &[Variable] = &[
+    // Broker connection.
+    secret("RABBITMQ_URI", "Full AMQP URI (amqp://user:pass@host:port/vhost); wins over the five RABBITMQ_* parts when set"),
+    var("RABBITMQ_HOST", "localhost", "Broker host"),
+    var("RABBITMQ_PORT", "5672", "Broker AMQP port"),
+    var("RABBITMQ_VHOST", "/", "Broker virtual host"),
+    var("RABBITMQ_USER", "", "Engine's broker user (internal password login); required unless RABBITMQ_URI or JWT_SECRET is set"),
+    secret("RABBITMQ_PASSWORD", "Password of RABBITMQ_USER"),
+    // Tokens.
+    secret("JWT_SECRET", "HS256 secret shared with RabbitMQ's OAuth2 backend; signs user tokens. Without RABBITMQ_URI or RABBITMQ_USER the engine logs in with a 1-hour service token signed by it, refreshed before it expires"),
+    var("JWT_KID", "tiledesk-key", "`kid` header of minted tokens (the broker's signing key id)"),
+    var("JWT_TTL", "30d", "Lifetime of minted user tokens (seconds, or with s/m/h/d suffix)"),
+    // Topics.
+    var("APP_ID", "tilechat", "Tenant (app) id: topics are apps.{APP_ID}.…"),
+    var("TOPIC_LAYOUT", "chat21", "chat21 (full protocol) or seed (PATH_PREFIX/{sender}/{recipient}/messages/outgoing only)"),
+    var("PATH_PREFIX", "/apps/tilechat/users", "MQTT topic prefix of the seed layout (a leading / is a leading empty word)"),
+    // Consumption.
+    var("QUEUE_NAME", "chat21.engine", "Durable queue the engine consumes (shared by all engine replicas)"),
+    var("PREFETCH_MESSAGES", "1024", "Unacked inputs in flight (bounds memory and the publish-confirm window)"),
+    var("PUBLISH_WINDOW", "4096", "Most publishes awaiting a broker confirm at once (older inputs settle first)"),
+    // Store.
+    url("DATABASE_URL", "sqlite://./data/chat21.db", "Store: sqlite://PATH (embedded, created on first run), postgres://USER:PASS@HOST/DB, or off"),
+    // Groups and policies.
+    var("TRUSTED_SENDERS", "system", "Comma-separated user ids that may write to stored groups they are not members of, and skip the rate limit"),
+    var("MAX_INLINE_GROUP_MEMBERS", "100", "Most members of an inline (volatile) group in a message's `group.members`; more is rejected too_many_members"),
+    var("GROUP_CACHE_SIZE", "1000000", "Group cache bound, in member slots (a group weighs 1 + its member count)"),
+    var("BLOCK_CACHE_SIZE", "1000000", "Block-list cache bound, in entries (a user weighs 1 + the number of users they blocked)"),
+    var("CACHE_TTL", "5m", "How long a cached group or block list (or its absence) is trusted; bounds staleness across engine replicas"),
+    var("RATE_LIMIT_PER_MIN", "600", "Messages a sender may send per minute (token bucket; 0 = no rate limit); TRUSTED_SENDERS are exempt"),
+    var("RATE_LIMIT_BURST", "", "Bucket size: messages a sender may send at once (unset: RATE_LIMIT_PER_MIN)"),
+    var("POLICY_FILE", "", "Content rules (.toml or .json): max text size, deny patterns (reject or mask), per-app overrides; reloaded on SIGHUP. See deploy/policy.example.toml"),
+    var("PRESENCE_ENABLED", "false", "Consume presence (I5): count each user's connected clients, record online/offline and last seen (needs a store)"),
+    // HTTP and logs.
+    var("HTTP_PORT", "8004", "Port of /healthz, /readyz, /metrics (0 = disabled)"),
+    var("HTTP_HOST", "0.0.0.0", "Address the HTTP server binds"),
+    var("LOG_LEVEL", "info", "error, warn, info, debug, trace, or a tracing filter (e.g. info,lapin=warn)"),
+    var("LOG_FORMAT", "pretty", "pretty (human) or json (one object a line)"),
+];
+
+pub fn variable(name: &str) -> Option<&'static Variable> {
+    VARIABLES.iter().find(|v| v.name == name)
+}

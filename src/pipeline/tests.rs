@@ -1,0 +1,310 @@
+//! The pipeline's ordering and cache behaviour, with an in-memory store: no broker, no
+//! database.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::domain::{Group, RejectReason};
+use crate::handlers::testing::settings;
+use crate::plan::{Body, Write};
+use crate::store::StoreError;
+
+/// A store in memory that counts its reads and can fail the next few.
+#[derive(Default)]
+struct Memory {
+    groups: Mutex<HashMap<UserId, Group>>,
+    blocks: Mutex<HashMap<UserId, HashSet<UserId>>>,
+    group_reads: AtomicUsize,
+    block_reads: AtomicUsize,
+    /// Users asked for in each block-list read.
+    block_batches: Mutex<Vec<usize>>,
+    fail_next: AtomicUsize,
+    corrupt_groups: Mutex<HashSet<UserId>>,
+}
+
+impl Memory {
+    fn fail(&self) -> Result<(), StoreError> {
+        let left = self.fail_next.load(Ordering::SeqCst);
+        if left > 0 {
+            self.fail_next.store(left - 1, Ordering::SeqCst);
+            return Err(StoreError::Url("down".into()).into_transient());
+        }
+        Ok(())
+    }
+
+    /// What a commit of these writes leaves in the store.
+    fn commit(&self, writes: &[Write]) {
+        for w in writes {
+            match w {
+                Write::Group(g) => {
+                    self.groups.lock().unwrap().insert(g.uid.clone(), (**g).clone());
+                }
+                Write::Block { user, other, add, .. } => {
+                    let mut blocks = self.blocks.lock().unwrap();
+                    let set = blocks.entry(user.clone()).or_default();
+                    if *add {
+                        set.insert(other.clone());
+                    } else {
+                        set.remove(other);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Lookups for Memory {
+    async fn group(&self, uid: &UserId) -> Result<Option<Group>, StoreError> {
+        self.group_reads.fetch_add(1, Ordering::SeqCst);
+        self.fail()?;
+        if self.corrupt_groups.lock().unwrap().contains(uid) {
+            return Err(StoreError::Corrupt {
+                table: "groups",
+                key: uid.to_string(),
+                why: "test".into(),
+            });
+        }
+        Ok(self.groups.lock().unwrap().get(uid).cloned())
+    }
+
+    async fn block_lists(
+        &self,
+        _app: &AppId,
+        users: &[UserId],
+    ) -> Result<HashMap<UserId, HashSet<UserId>>, StoreError> {
+        self.block_reads.fetch_add(1, Ordering::SeqCst);
+        self.fail()?;
+        self.block_batches.lock().unwrap().push(users.len());
+        let blocks = self.blocks.lock().unwrap();
+        Ok(users
+            .iter()
+            .map(|u| (u.clone(), blocks.get(u).cloned().unwrap_or_default()))
+            .collect())
+    }
+}
+
+impl StoreError {
+    /// A transient error for the tests (the variant matters only for `is_transient`).
+    fn into_transient(self) -> StoreError {
+        StoreError::Db(sqlx::Error::PoolTimedOut)
+    }
+}
+
+/// A pipeline with the persistence hook and caches of `cache` slots.
+fn pipeline(cache: u64) -> Pipeline {
+    let topics = Arc::new(Topics::chat21("t"));
+    let metrics = Metrics::new();
+    let chain = Chain::new(
+        crate::policy::ChainSettings {
+            rate_limit: None,
+            trusted_senders: HashSet::new(),
+            policy: None,
+            persistence: true,
+        },
+        topics.clone(),
+        metrics.clone(),
+    );
+    let caches = CacheSizes {
+        groups: cache,
+        blocks: cache,
+        ttl: Duration::from_secs(60),
+    };
+    Pipeline::new(topics, chain, settings(), caches, metrics, Events::default(), true)
+}
+
+async fn decide(p: &Pipeline, store: &Memory, key: &str, body: &str) -> Decision {
+    let input = Input::parse(p.topics().parse(key).unwrap(), body.as_bytes()).unwrap();
+    p.decide(input, store, 1, &CancellationToken::new())
+        .await
+        .expect("no shutdown")
+}
+
+/// Decide, then commit like the writer and hand the result back like the consumer.
+async fn decide_and_commit(p: &Pipeline, store: &Memory, key: &str, body: &str) -> Plan {
+    let d = decide(p, store, key, body).await.expect("delivered");
+    store.commit(&d.plan.writes);
+    p.committed(&d.changes, &Committed::default());
+    d.plan
+}
+
+fn timelines(plan: &Plan) -> Vec<String> {
+    plan.publishes
+        .iter()
+        .map(|p| p.key.split('.').nth(3).unwrap().to_string())
+        .collect()
+}
+
+fn group_update(uid: &str, members: &[&str]) -> String {
+    let members: serde_json::Map<_, _> = members.iter().map(|m| (m.to_string(), 1.into())).collect();
+    serde_json::json!({"group": {"uid": uid, "members": members}, "notify_to": {}}).to_string()
+}
+
+const GROUP_MSG: &str = r#"{"text":"hi","channel_type":"group"}"#;
+
+#[tokio::test]
+async fn a_group_update_applies_to_the_next_message_before_its_commit() {
+    // A cache too small to hold the group: only the uncommitted overlay keeps it.
+    let (p, store) = (pipeline(1), Memory::default());
+    let t = p.topics().clone();
+    let update = decide(&p, &store, &t.group_update("t"), &group_update("G", &["A", "B"]))
+        .await
+        .unwrap();
+    let plan = decide(&p, &store, &t.outgoing("A", "G"), GROUP_MSG).await.unwrap().plan;
+    assert_eq!(timelines(&plan), vec!["A", "B", "G"]);
+    assert_eq!(
+        store.group_reads.load(Ordering::SeqCst),
+        0,
+        "the planned update answered, not the store"
+    );
+    // Committed: from now on the store is asked (the cache cannot hold it).
+    store.commit(&update.plan.writes);
+    p.committed(&update.changes, &Committed::default());
+    let plan = decide(&p, &store, &t.outgoing("A", "G"), GROUP_MSG).await.unwrap().plan;
+    assert_eq!(timelines(&plan), vec!["A", "B", "G"]);
+    assert_eq!(store.group_reads.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_miss_reads_the_store_once_then_the_cache_answers() {
+    let (p, store) = (pipeline(1000), Memory::default());
+    let t = p.topics().clone();
+    decide_and_commit(&p, &store, &t.group_update("t"), &group_update("G", &["A", "B", "C"])).await;
+    let p = pipeline(1000); // a fresh engine: empty caches, the group in the store
+    for _ in 0..3 {
+        let plan = decide_and_commit(&p, &store, &t.outgoing("A", "G"), GROUP_MSG).await;
+        assert_eq!(timelines(&plan), vec!["A", "B", "C", "G"]);
+    }
+    assert_eq!(store.group_reads.load(Ordering::SeqCst), 1);
+    // An unknown id is looked up once too: then it is known not to be stored (transient).
+    for _ in 0..3 {
+        let plan = decide_and_commit(&p, &store, &t.outgoing("A", "H"), GROUP_MSG).await;
+        assert_eq!(timelines(&plan), vec!["A", "H"]);
+    }
+    assert_eq!(store.group_reads.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn block_lists_of_every_receiver_are_read_in_one_batch() {
+    let (p, store) = (pipeline(1000), Memory::default());
+    let t = p.topics().clone();
+    decide_and_commit(
+        &p,
+        &store,
+        &t.group_update("t"),
+        &group_update("G", &["A", "B", "C", "D"]),
+    )
+    .await;
+    store
+        .blocks
+        .lock()
+        .unwrap()
+        .insert("C".into(), HashSet::from(["A".into()]));
+    let plan = decide_and_commit(&p, &store, &t.outgoing("A", "G"), GROUP_MSG).await;
+    assert_eq!(timelines(&plan), vec!["A", "B", "D", "G"], "C blocked A");
+    assert_eq!(*store.block_batches.lock().unwrap(), vec![3], "B, C and D in one read");
+    // Cached now: the next message reads nothing.
+    decide_and_commit(&p, &store, &t.outgoing("A", "G"), GROUP_MSG).await;
+    assert_eq!(store.block_reads.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_block_command_judges_the_very_next_message() {
+    let (p, store) = (pipeline(1000), Memory::default());
+    let t = p.topics().clone();
+    let block = decide(&p, &store, &t.block("t", "B", "A", true), "").await.unwrap();
+    // Not committed yet: still applied.
+    let plan = decide(&p, &store, &t.outgoing("A", "B"), r#"{"text":"x"}"#)
+        .await
+        .unwrap()
+        .plan;
+    assert_eq!(timelines(&plan), vec!["A"], "only the sender's own copy");
+    store.commit(&block.plan.writes);
+    p.committed(&block.changes, &Committed::default());
+    decide_and_commit(&p, &store, &t.block("t", "B", "A", false), "").await;
+    let plan = decide_and_commit(&p, &store, &t.outgoing("A", "B"), r#"{"text":"x"}"#).await;
+    assert_eq!(timelines(&plan), vec!["A", "B"]);
+}
+
+#[tokio::test]
+async fn store_reads_are_retried_until_the_store_answers() {
+    let (p, store) = (pipeline(1000), Memory::default());
+    let t = p.topics().clone();
+    store
+        .groups
+        .lock()
+        .unwrap()
+        .insert("G".into(), (*crate::handlers::testing::group("G", &["A", "B"])).clone());
+    store.fail_next.store(2, Ordering::SeqCst);
+    let plan = decide_and_commit(&p, &store, &t.outgoing("A", "G"), GROUP_MSG).await;
+    assert_eq!(timelines(&plan), vec!["A", "B", "G"]);
+    assert_eq!(store.group_reads.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn shutdown_while_the_store_is_down_gives_the_input_back() {
+    let (p, store) = (pipeline(1000), Memory::default());
+    let t = p.topics().clone();
+    store.fail_next.store(usize::MAX, Ordering::SeqCst);
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.cancel();
+    });
+    let input = Input::parse(t.parse(&t.outgoing("A", "G")).unwrap(), GROUP_MSG.as_bytes()).unwrap();
+    assert!(p.decide(input, &store, 1, &shutdown).await.is_none());
+}
+
+#[tokio::test]
+async fn a_corrupt_group_row_does_not_stall_the_inputs() {
+    let (p, store) = (pipeline(1000), Memory::default());
+    let t = p.topics().clone();
+    store.corrupt_groups.lock().unwrap().insert("G".into());
+    let plan = decide_and_commit(&p, &store, &t.outgoing("A", "G"), GROUP_MSG).await;
+    assert_eq!(timelines(&plan), vec!["A", "G"], "taken as not stored");
+    assert_eq!(store.group_reads.load(Ordering::SeqCst), 1, "not retried");
+}
+
+#[tokio::test]
+async fn rejections_are_decisions() {
+    let (p, store) = (pipeline(1000), Memory::default());
+    let t = p.topics().clone();
+    decide_and_commit(&p, &store, &t.group_update("t"), &group_update("G", &["A"])).await;
+    let Err(Rejection::Refuse { reason, notice }) = decide(&p, &store, &t.outgoing("X", "G"), GROUP_MSG).await else {
+        panic!("a non-member is refused and told");
+    };
+    assert_eq!(reason, RejectReason::NotAMember);
+    assert!(matches!(notice.body, Body::Json(_)), "a notice is not a timeline copy");
+    let dropped = decide(&p, &store, &t.receipt("t", "A", "B", "m1"), r#"{"status":300}"#).await;
+    assert_eq!(dropped.unwrap_err(), Rejection::Drop(RejectReason::Ignored));
+}
+
+#[tokio::test]
+async fn messages_are_persisted_as_delivered() {
+    let (p, store) = (pipeline(1000), Memory::default());
+    let t = p.topics().clone();
+    let plan = decide_and_commit(&p, &store, &t.outgoing("A", "B"), r#"{"text":"x"}"#).await;
+    let stored: Vec<(&str, &str)> = plan
+        .writes
+        .iter()
+        .map(|w| match w {
+            Write::Message(c) => ("message", c.timeline_of.as_str()),
+            Write::Conversation(c) => ("conversation", c.timeline_of.as_str()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        stored,
+        vec![
+            ("message", "A"),
+            ("conversation", "A"),
+            ("message", "B"),
+            ("conversation", "B")
+        ]
+    );
+}
