@@ -1,10 +1,9 @@
 //! What a handler decides, before any I/O: the effects of one input ([`Plan`]), or why it
 //! has none ([`Rejection`]) — the one rejection vocabulary from handler to metrics.
 
-use serde_json::{Map, Value};
 use std::sync::Arc;
 
-use crate::domain::{AppId, ClientId, Group, Message, MessageId, RejectReason, Sealed, UserId};
+use crate::domain::{AppId, ClientId, Conversation, Group, Message, MessageId, RejectReason, Sealed, UserId};
 
 /// What the body of a publish is.
 #[derive(Debug, Clone, PartialEq)]
@@ -149,10 +148,10 @@ pub enum Write {
 /// the commit.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Committed {
-    /// Conversations this input archived, as Chat21 conversation objects.
-    pub archived: Vec<Map<String, Value>>,
+    /// Conversations this input archived, as they are now.
+    pub archived: Vec<Conversation>,
     /// Archived conversations a new message of this input un-archived, as they are now.
-    pub unarchived: Vec<Map<String, Value>>,
+    pub unarchived: Vec<Conversation>,
     /// Online/offline transitions this input's presence writes caused.
     pub presence: Vec<crate::events::PresenceChange>,
     /// Group messages whose original sender is to be told of a receipt.
@@ -183,26 +182,6 @@ pub struct GroupReceipt {
     pub sender: UserId,
     pub group: UserId,
     pub message_id: MessageId,
-}
-
-/// A conversation object as Chat21 clients read it: the last message's fields plus the
-/// conversation's own (`last_message_text`, `key`, `timelineOf`, `conversWith`, …).
-pub fn conversation_object(
-    timeline_of: &str,
-    convers_with: &str,
-    last: &Message,
-    is_new: bool,
-    archived: bool,
-) -> Map<String, Value> {
-    let mut c = last.fields().clone();
-    let text = last.text().map_or(Value::Null, Value::from);
-    c.insert("last_message_text".into(), text);
-    c.insert("key".into(), convers_with.into());
-    c.insert("timelineOf".into(), timeline_of.into());
-    c.insert("conversWith".into(), convers_with.into());
-    c.insert("is_new".into(), is_new.into());
-    c.insert("archived".into(), archived.into());
-    c
 }
 
 /// The effects of one input, in the order they must be published.

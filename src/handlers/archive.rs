@@ -3,8 +3,6 @@
 //! Both need the stored conversation, so they are planned in two steps: the handler plans the
 //! write; [`after_commit`] plans the publishes from what the commit returned.
 
-use serde_json::Value;
-
 use crate::domain::{AppId, UserId};
 use crate::plan::{Committed, Plan, Publish, Write};
 use crate::topic::{ConversationEvent, Topics};
@@ -34,9 +32,10 @@ pub fn after_commit(topics: &Topics, committed: &Committed) -> Vec<Publish> {
         );
     events
         .filter_map(|(conv, event)| {
-            let field = |k: &str| conv.get(k).and_then(Value::as_str).unwrap_or_default();
-            let key = topics.conversation_event(field("app_id"), field("timelineOf"), field("conversWith"), event);
-            key.ok().map(|key| Publish::json(key, conv))
+            let app = conv.last.app_id().unwrap_or_default();
+            let key = topics.conversation_event(app, &conv.timeline_of, &conv.convers_with, event);
+            key.ok()
+                .map(|key| Publish::json(key, &super::conversation::object(conv)))
         })
         .collect()
 }
@@ -44,9 +43,18 @@ pub fn after_commit(topics: &Topics, committed: &Committed) -> Vec<Publish> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Message;
-    use crate::plan::conversation_object;
-    use serde_json::json;
+    use crate::domain::{Conversation, Message};
+    use serde_json::{json, Value};
+
+    fn conversation_object(t: &str, w: &str, last: &Message, is_new: bool, archived: bool) -> Conversation {
+        Conversation {
+            timeline_of: t.into(),
+            convers_with: w.into(),
+            last: last.clone(),
+            is_new,
+            archived,
+        }
+    }
 
     fn msg(v: Value) -> Message {
         Message::from_fields(v.as_object().unwrap().clone())

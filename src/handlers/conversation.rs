@@ -1,11 +1,26 @@
 //! I3, conversation update (PROTOCOL §6): only `is_new` is taken from the payload (fix D7:
 //! the original copied the whole payload into the conversation).
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
-use crate::domain::{AppId, Message, RejectReason, UserId};
+use crate::domain::{AppId, Conversation, Message, RejectReason, UserId};
 use crate::plan::{Plan, Publish, Write};
 use crate::topic::{ConversationEvent, Topics};
+
+/// A conversation as Chat21 clients read it (§6): the last message's fields plus the
+/// conversation's own (`last_message_text`, `key`, `timelineOf`, `conversWith`, `is_new`,
+/// `archived`).
+pub fn object(conv: &Conversation) -> Map<String, Value> {
+    let mut c = conv.last.fields().clone();
+    let text = conv.last.text().map_or(Value::Null, Value::from);
+    c.insert("last_message_text".into(), text);
+    c.insert("key".into(), conv.convers_with.as_str().into());
+    c.insert("timelineOf".into(), conv.timeline_of.as_str().into());
+    c.insert("conversWith".into(), conv.convers_with.as_str().into());
+    c.insert("is_new".into(), conv.is_new.into());
+    c.insert("archived".into(), conv.archived.into());
+    c
+}
 
 pub(super) fn update(
     topics: &Topics,

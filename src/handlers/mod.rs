@@ -4,7 +4,7 @@
 
 mod archive;
 mod blocks;
-mod conversation;
+pub mod conversation;
 mod group;
 mod group_update;
 mod history;

@@ -1,21 +1,38 @@
 //! Persistence (PROTOCOL §11): SQLite (embedded, the default) or PostgreSQL, chosen by
 //! `DATABASE_URL`, through sqlx's `Any` driver: one set of portable SQL for both.
 //!
-//! Writes come from the policy chain's persistence hook as idempotent upserts, and are
-//! applied in batches by the group-commit [`writer`]: inputs are acked only after the
-//! transaction holding their writes committed.
+//! Writes come from the policy chain's persistence hook and the handlers as idempotent
+//! upserts, and are applied in batches by the group-commit [`writer`]: inputs are acked only
+//! after the transaction holding their writes committed. One file per table
+//! (`messages.rs`, `conversations.rs`, `groups.rs`, `blocks.rs`, `presence.rs`); `batch.rs`
+//! sorts a batch of writes into statements, `sql.rs` holds what the statements share. What a
+//! commit reveals (an archived conversation, a presence transition, a group receipt's sender)
+//! is handed back keyed by the write that revealed it.
 
+mod batch;
+mod blocks;
+mod conversations;
+mod groups;
+mod messages;
+mod presence;
+mod sql;
 pub mod writer;
 
-use serde_json::{Map, Value};
-use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Row};
-use std::collections::{HashMap, HashSet};
+use sqlx::any::AnyPoolOptions;
+use sqlx::AnyPool;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Range;
 use std::time::Duration;
 
-use crate::domain::{AppId, ClientId, Group, Message, UserId};
-use crate::events::PresenceChange;
-use crate::plan::{GroupReceipt, TimelineCopy, Write};
+pub use batch::WriteIndex;
+pub use messages::StoredMessage;
+pub use presence::StoredPresence;
+pub use sql::Dialect;
+
+use crate::config::Database;
+use crate::domain::{AppId, Conversation, Group, UserId};
+use crate::plan::{Committed, Write};
+use batch::Batch;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -44,36 +61,6 @@ impl StoreError {
     }
 }
 
-/// Which SQL dialect the store speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    Sqlite,
-    Postgres,
-}
-
-impl Dialect {
-    pub fn label(self) -> &'static str {
-        match self {
-            Dialect::Sqlite => "sqlite",
-            Dialect::Postgres => "postgres",
-        }
-    }
-
-    /// SQLite gets plain `?` placeholders (see [`placeholders`]).
-    fn positional(self) -> bool {
-        self == Dialect::Sqlite
-    }
-}
-
-use crate::config::Database;
-
-fn dialect(backend: &Database) -> Dialect {
-    match backend {
-        Database::Sqlite { .. } => Dialect::Sqlite,
-        Database::Postgres { .. } => Dialect::Postgres,
-    }
-}
-
 /// A connected store.
 #[derive(Clone)]
 pub struct Store {
@@ -81,58 +68,35 @@ pub struct Store {
     dialect: Dialect,
 }
 
-/// What a committed batch changed that publishes depend on.
+/// What a committed batch revealed, by the write that revealed it.
 #[derive(Debug, Default)]
 pub struct Applied {
-    /// Conversations archived by this batch, as conversation objects.
-    pub archived: std::collections::HashMap<(UserId, UserId), Map<String, Value>>,
-    /// Archived conversations that a new message in this batch un-archived.
-    pub unarchived: std::collections::HashSet<(UserId, UserId)>,
-    /// One entry per presence write of the batch, in order: the transition it caused, if any.
-    pub presence: std::collections::VecDeque<Option<PresenceChange>>,
-    /// One entry per group-receipt write of the batch, in order: the sender to tell, if any.
-    pub group_receipts: std::collections::VecDeque<Option<GroupReceipt>>,
+    by_write: BTreeMap<WriteIndex, Committed>,
 }
 
-/// A user's presence row.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredPresence {
-    pub online: bool,
-    /// Connected clients.
-    pub clients: i64,
-    /// Epoch ms of the last connect or disconnect.
-    pub last_seen: Option<i64>,
-}
+impl Applied {
+    fn add(&mut self, at: WriteIndex, f: impl FnOnce(&mut Committed)) {
+        f(self.by_write.entry(at).or_default());
+    }
 
-/// One message row, for history reads.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredMessage {
-    pub timeline_of: String,
-    pub convers_with: String,
-    pub message_id: String,
-    pub status: i64,
-    pub timestamp: i64,
-    pub message: Map<String, Value>,
-}
-
-/// One conversation row.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredConversation {
-    pub timeline_of: String,
-    pub convers_with: String,
-    pub message_id: String,
-    pub last_message_text: Option<String>,
-    pub status: i64,
-    pub timestamp: i64,
-    pub is_new: bool,
-    pub archived: bool,
+    /// What these writes (an input's share of the batch) revealed, in write order.
+    pub fn take(&mut self, writes: Range<WriteIndex>) -> Committed {
+        let mut out = Committed::default();
+        let keys: Vec<WriteIndex> = self.by_write.range(writes).map(|(k, _)| *k).collect();
+        for k in keys {
+            if let Some(c) = self.by_write.remove(&k) {
+                out.extend(c);
+            }
+        }
+        out
+    }
 }
 
 impl Store {
     /// Connect (creating the SQLite file and its directory on first run) and migrate.
-    pub async fn open(backend: &Database) -> Result<Store, StoreError> {
+    pub async fn open(database: &Database) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
-        let (url, max) = match backend {
+        let (url, max, dialect) = match database {
             Database::Sqlite { path } => {
                 if let Some(dir) = std::path::Path::new(path)
                     .parent()
@@ -141,24 +105,21 @@ impl Store {
                     std::fs::create_dir_all(dir).map_err(|e| StoreError::Url(format!("{}: {e}", dir.display())))?;
                 }
                 // One writer at a time is how SQLite works; readers use the other connections.
-                (format!("sqlite://{path}?mode=rwc"), 4)
+                (format!("sqlite://{path}?mode=rwc"), 4, Dialect::Sqlite)
             }
-            Database::Postgres { url } => (url.expose().to_owned(), 8),
+            Database::Postgres { url } => (url.expose().to_owned(), 8, Dialect::Postgres),
         };
         let pool = AnyPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(Duration::from_secs(5))
             .connect(&url)
             .await?;
-        if matches!(backend, Database::Sqlite { .. }) {
+        if dialect == Dialect::Sqlite {
             // WAL: readers never block the writer; the setting is kept in the file.
             sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await?;
         }
         MIGRATOR.run(&pool).await?;
-        Ok(Store {
-            pool,
-            dialect: dialect(backend),
-        })
+        Ok(Store { pool, dialect })
     }
 
     pub fn backend(&self) -> Dialect {
@@ -172,172 +133,104 @@ impl Store {
 
     /// Apply writes in one transaction (all or nothing), as few multi-row statements as
     /// possible: a statement costs a round trip (a thread hop for SQLite), a row almost nothing.
-    pub async fn apply<'a>(&self, writes: impl IntoIterator<Item = &'a Write>) -> Result<Applied, StoreError> {
-        let (messages, conversations, updates) = coalesce(writes);
+    pub async fn apply(&self, writes: &[&Write]) -> Result<Applied, StoreError> {
+        let batch = Batch::of(writes);
         let mut applied = Applied::default();
         let mut tx = self.pool.begin().await?;
-        let positional = self.dialect.positional();
-        for chunk in statement_chunks(&conversations) {
-            applied
-                .unarchived
-                .extend(archived_among(&mut tx, positional, chunk).await?);
+        let d = self.dialect;
+        for chunk in sql::statement_chunks(&batch.conversations) {
+            for (at, conv) in conversations::unarchived_by(&mut tx, d, chunk).await? {
+                applied.add(at, |c| c.unarchived.push(conv));
+            }
         }
-        for chunk in statement_chunks(&messages) {
-            insert_messages(&mut tx, positional, chunk).await?;
+        for chunk in sql::statement_chunks(&batch.messages) {
+            messages::insert(&mut tx, d, chunk).await?;
         }
-        for chunk in statement_chunks(&conversations) {
-            upsert_conversations(&mut tx, positional, chunk).await?;
+        for chunk in sql::statement_chunks(&batch.conversations) {
+            conversations::upsert(&mut tx, d, chunk).await?;
         }
         // After the inserts: a receipt committed with its message in one batch still applies.
-        for w in updates {
-            match update_row(&mut tx, w).await? {
-                Changed::Archived(key, conversation) => {
-                    applied.archived.insert(key, conversation);
-                }
-                Changed::Presence(change) => applied.presence.push_back(change),
-                Changed::GroupReceipt(r) => applied.group_receipts.push_back(r),
-                Changed::Nothing => {}
-            }
+        for (at, w) in batch.updates {
+            update(&mut tx, at, w, &mut applied).await?;
         }
         tx.commit().await?;
         Ok(applied)
     }
 
-    /// A conversation's messages, newest first.
+    /// A conversation's messages, newest first (at most `limit`).
     pub async fn messages(
         &self,
         timeline_of: &str,
         convers_with: &str,
         limit: i64,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT timeline_of, convers_with, message_id, status, timestamp, body FROM messages \
-             WHERE timeline_of = $1 AND convers_with = $2 ORDER BY timestamp DESC LIMIT $3",
-        )
-        .bind(timeline_of)
-        .bind(convers_with)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(message_row).collect()
+        messages::page(&self.pool, timeline_of, convers_with, None, limit).await
+    }
+
+    /// A page of history: at most `limit` messages older than `before` (epoch ms), newest
+    /// first. The next page is the one before the oldest timestamp of this one.
+    pub async fn messages_before(
+        &self,
+        timeline_of: &str,
+        convers_with: &str,
+        before: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        messages::page(&self.pool, timeline_of, convers_with, Some(before), limit).await
     }
 
     /// One stored message, if it exists.
     pub async fn message(&self, timeline_of: &str, message_id: &str) -> Result<Option<StoredMessage>, StoreError> {
-        let row = sqlx::query(
-            "SELECT timeline_of, convers_with, message_id, status, timestamp, body FROM messages \
-             WHERE timeline_of = $1 AND message_id = $2",
-        )
-        .bind(timeline_of)
-        .bind(message_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(message_row).transpose()
+        messages::one(&self.pool, timeline_of, message_id).await
+    }
+
+    /// A user's conversations (active or archived), newest first.
+    pub async fn conversations(&self, timeline_of: &str, archived: bool) -> Result<Vec<Conversation>, StoreError> {
+        conversations::list(&self.pool, timeline_of, archived, i64::MAX).await
+    }
+
+    /// The newest `limit` conversations of a user (active or archived).
+    pub async fn recent_conversations(
+        &self,
+        timeline_of: &str,
+        archived: bool,
+        limit: i64,
+    ) -> Result<Vec<Conversation>, StoreError> {
+        conversations::list(&self.pool, timeline_of, archived, limit).await
+    }
+
+    /// One conversation of a user, archived or not.
+    pub async fn conversation(
+        &self,
+        timeline_of: &str,
+        convers_with: &str,
+    ) -> Result<Option<Conversation>, StoreError> {
+        conversations::one(&self.pool, timeline_of, convers_with).await
     }
 
     /// A stored group. A row that does not parse is [`StoreError::Corrupt`].
     pub async fn group(&self, uid: &UserId) -> Result<Option<Group>, StoreError> {
-        let row = sqlx::query("SELECT app_id, members, body, created_on, updated_on FROM groups WHERE uid = $1")
-            .bind(uid.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        let Some(r) = row else { return Ok(None) };
-        let corrupt = |why: String| StoreError::Corrupt {
-            table: "groups",
-            key: uid.to_string(),
-            why,
-        };
-        let body: Option<String> = r.try_get("body")?;
-        let object: Map<String, Value> = match body {
-            Some(b) => serde_json::from_str(&b).map_err(|e| corrupt(format!("body: {e}")))?,
-            // A row written before group bodies were kept: its columns are the group.
-            None => {
-                let members: String = r.try_get("members")?;
-                let members: Value = serde_json::from_str(&members).map_err(|e| corrupt(format!("members: {e}")))?;
-                let mut object = Map::new();
-                object.insert("uid".into(), uid.as_str().into());
-                object.insert("members".into(), members);
-                object
-            }
-        };
-        let app_id: String = r.try_get("app_id")?;
-        let app_id = AppId::parse(&app_id).map_err(|_| corrupt(format!("app_id {app_id:?}")))?;
-        let mut g =
-            Group::from_object(&app_id, &object, r.try_get("updated_on")?).map_err(|r| corrupt(r.to_string()))?;
-        g.created_on = r.try_get("created_on")?;
-        Ok(Some(g))
+        groups::one(&self.pool, uid).await
     }
 
     /// The block lists of `users` (who each of them blocked), one query per 256 users. Users
     /// who blocked no one are in the map with an empty set.
     pub async fn blocks_of(
         &self,
-        app_id: &AppId,
+        app: &AppId,
         users: &[UserId],
     ) -> Result<HashMap<UserId, HashSet<UserId>>, StoreError> {
-        let mut out: HashMap<UserId, HashSet<UserId>> = users.iter().map(|u| (u.clone(), HashSet::new())).collect();
-        let positional = self.dialect.positional();
-        for chunk in statement_chunks(users) {
-            let sql = format!(
-                "SELECT user_id, other_id FROM blocks WHERE app_id = {} AND user_id IN {}",
-                if positional { "?" } else { "$1" },
-                placeholders_from(positional, 2, chunk.len())
-            );
-            let mut q = sqlx::query(&sql).bind(app_id.as_str());
-            for u in chunk {
-                q = q.bind(u.as_str());
-            }
-            for r in q.fetch_all(&self.pool).await? {
-                let (user, other): (String, String) = (r.try_get(0)?, r.try_get(1)?);
-                let id = |s: &str| {
-                    UserId::parse(s).map_err(|_| StoreError::Corrupt {
-                        table: "blocks",
-                        key: format!("{user}/{other}"),
-                        why: format!("{s:?} is not an id"),
-                    })
-                };
-                out.entry(id(&user)?).or_default().insert(id(&other)?);
-            }
-        }
-        Ok(out)
+        blocks::of_users(&self.pool, self.dialect, app, users).await
+    }
+
+    /// Who `user` blocked, oldest first, with when (epoch ms).
+    pub async fn blocked_by(&self, app: &AppId, user: &UserId) -> Result<Vec<(UserId, i64)>, StoreError> {
+        blocks::of_user(&self.pool, app, user).await
     }
 
     /// A user's presence, if it was ever recorded.
     pub async fn presence(&self, app_id: &str, user_id: &str) -> Result<Option<StoredPresence>, StoreError> {
-        let row = sqlx::query(
-            "SELECT CAST(CASE WHEN online THEN 1 ELSE 0 END AS BIGINT) AS online, clients, last_seen FROM presence \
-             WHERE app_id = $1 AND user_id = $2",
-        )
-        .bind(app_id)
-        .bind(user_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| {
-            Ok(StoredPresence {
-                online: get_bool(&r, "online")?,
-                clients: r.try_get("clients")?,
-                last_seen: r.try_get("last_seen")?,
-            })
-        })
-        .transpose()
-    }
-
-    /// A user's conversations (active or archived), newest first.
-    pub async fn conversations(
-        &self,
-        timeline_of: &str,
-        archived: bool,
-    ) -> Result<Vec<StoredConversation>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT timeline_of, convers_with, message_id, last_message_text, status, timestamp, \
-             CAST(CASE WHEN is_new THEN 1 ELSE 0 END AS BIGINT) AS is_new, \
-             CAST(CASE WHEN archived THEN 1 ELSE 0 END AS BIGINT) AS archived FROM conversations WHERE timeline_of = $1 AND archived = $2 ORDER BY timestamp DESC",
-        )
-        .bind(timeline_of)
-        .bind(archived)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(conversation_row).collect()
+        presence::one(&self.pool, app_id, user_id).await
     }
 
     pub async fn close(&self) {
@@ -345,227 +238,47 @@ impl Store {
     }
 }
 
-fn json(m: &Map<String, Value>) -> String {
-    serde_json::to_string(m).expect("a JSON map always serializes")
-}
-
-/// Most rows per statement: 14 parameters a row stays far below SQLite's (32,766) and
-/// PostgreSQL's (65,535) parameter limits.
-const ROWS_PER_STATEMENT: usize = 256;
-
-/// Split rows into statements of power-of-two sizes (256, 128, …, 1): at most nine distinct
-/// statement shapes per table, so prepared statements are reused from sqlx's cache instead of
-/// one new (large) statement per batch size — that cost CPU and tens of MB of cached plans.
-fn statement_chunks<T>(rows: &[T]) -> Vec<&[T]> {
-    let mut out = Vec::new();
-    let mut rest = rows;
-    while !rest.is_empty() {
-        let n = ROWS_PER_STATEMENT.min(1 << rest.len().ilog2());
-        let (head, tail) = rest.split_at(n);
-        out.push(head);
-        rest = tail;
-    }
-    out
-}
-
-/// One row per key, as the upserts would leave them: the first copy of a message (later ones
-/// are no-ops), the newest message of a conversation. PostgreSQL also refuses one statement
-/// that touches the same conversation row twice.
-type Coalesced<'a> = (Vec<&'a TimelineCopy>, Vec<&'a TimelineCopy>, Vec<&'a Write>);
-
-fn coalesce<'a>(writes: impl IntoIterator<Item = &'a Write>) -> Coalesced<'a> {
-    let mut seen = std::collections::HashSet::new();
-    let mut messages = Vec::new();
-    let mut conversations: Vec<&TimelineCopy> = Vec::new();
-    let mut conv_index = std::collections::HashMap::new();
-    let mut updates = Vec::new();
-    for w in writes {
-        match w {
-            Write::MessageStatus { .. }
-            | Write::ConversationIsNew { .. }
-            | Write::Archive { .. }
-            | Write::Group(_)
-            | Write::Block { .. }
-            | Write::GroupReceipt { .. }
-            | Write::Presence { .. } => updates.push(w),
-            Write::Message(c) => {
-                if seen.insert((c.timeline_of.as_str(), c.message().message_id().unwrap_or_default())) {
-                    messages.push(c);
-                }
-            }
-            Write::Conversation(c) => match conv_index.get(&(c.timeline_of.as_str(), c.convers_with.as_str())) {
-                Some(&i) => {
-                    let current: &TimelineCopy = conversations[i];
-                    if c.message().timestamp() >= current.message().timestamp() {
-                        conversations[i] = c;
-                    }
-                }
-                None => {
-                    conv_index.insert((c.timeline_of.as_str(), c.convers_with.as_str()), conversations.len());
-                    conversations.push(c);
-                }
-            },
-        }
-    }
-    (messages, conversations, updates)
-}
-
-/// Which of these conversation copies will un-archive their conversation: it is archived and
-/// the copy is not older than its last message (older ones do not touch the row).
-async fn archived_among(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    positional: bool,
-    rows: &[&TimelineCopy],
-) -> Result<Vec<(UserId, UserId)>, sqlx::Error> {
-    let sql = format!(
-        "SELECT timeline_of, convers_with, timestamp FROM conversations WHERE archived = TRUE AND timeline_of IN {}",
-        placeholders(positional, 1, rows.len(), None)
-    );
-    let mut q = sqlx::query(&sql);
-    for c in rows {
-        q = q.bind(c.timeline_of.as_str());
-    }
-    let found = q.fetch_all(&mut **tx).await?;
-    let mut out = Vec::new();
-    for r in found {
-        let (t, w, ts): (String, String, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
-        let wins = rows
-            .iter()
-            .find(|c| c.timeline_of == t.as_str() && c.convers_with == w.as_str() && c.message().timestamp() >= ts);
-        if let Some(c) = wins {
-            out.push((c.timeline_of.clone(), c.convers_with.clone()));
-        }
-    }
-    Ok(out)
-}
-
-/// What a single-row update revealed, for the publishes and events after the commit.
-enum Changed {
-    Nothing,
-    /// This conversation was archived; here it is as a conversation object.
-    Archived((UserId, UserId), Map<String, Value>),
-    /// A presence write, and the transition it caused if any.
-    Presence(Option<PresenceChange>),
-    /// A group-receipt write, and the original sender to tell if it was a group message.
-    GroupReceipt(Option<GroupReceipt>),
-}
-
-/// Single-row updates, in input order. Message and conversation updates touch only rows that
-/// exist (no stub rows).
-async fn update_row(tx: &mut sqlx::Transaction<'_, sqlx::Any>, w: &Write) -> Result<Changed, StoreError> {
+/// A single-row update, in input order; what it reveals goes to its write. Message and
+/// conversation updates touch only rows that exist (no stub rows).
+async fn update(tx: &mut sql::Tx<'_>, at: WriteIndex, w: &Write, applied: &mut Applied) -> Result<(), StoreError> {
     match w {
         Write::MessageStatus {
             timeline_of,
             message_id,
             status,
-        } => {
-            // Only ever raise a status: a late 200 never downgrades a 250 or 300.
-            sqlx::query("UPDATE messages SET status = $1 WHERE timeline_of = $2 AND message_id = $3 AND status < $1")
-                .bind(*status)
-                .bind(timeline_of.as_str())
-                .bind(message_id.as_str())
-                .execute(&mut **tx)
-                .await?;
-        }
+        } => messages::raise_status(tx, timeline_of, message_id, *status).await?,
         Write::ConversationIsNew {
             timeline_of,
             convers_with,
             is_new,
-        } => {
-            sqlx::query("UPDATE conversations SET is_new = $1 WHERE timeline_of = $2 AND convers_with = $3")
-                .bind(*is_new)
-                .bind(timeline_of.as_str())
-                .bind(convers_with.as_str())
-                .execute(&mut **tx)
-                .await?;
-        }
+        } => conversations::set_is_new(tx, timeline_of, convers_with, *is_new).await?,
         Write::Archive {
             timeline_of,
             convers_with,
             ..
         } => {
-            sqlx::query("UPDATE conversations SET archived = TRUE WHERE timeline_of = $1 AND convers_with = $2")
-                .bind(timeline_of.as_str())
-                .bind(convers_with.as_str())
-                .execute(&mut **tx)
-                .await?;
-            let row = sqlx::query(
-                "SELECT body, CAST(CASE WHEN is_new THEN 1 ELSE 0 END AS BIGINT) AS is_new FROM conversations \
-                 WHERE timeline_of = $1 AND convers_with = $2",
-            )
-            .bind(timeline_of.as_str())
-            .bind(convers_with.as_str())
-            .fetch_optional(&mut **tx)
-            .await?;
-            if let Some(r) = row {
-                let body: String = r.try_get("body")?;
-                let last = serde_json::from_str(&body).map_err(|e| StoreError::Corrupt {
-                    table: "conversations",
-                    key: format!("{timeline_of}/{convers_with}"),
-                    why: format!("body: {e}"),
-                })?;
-                let last = Message::from_fields(last);
-                let conv =
-                    crate::plan::conversation_object(timeline_of, convers_with, &last, get_bool(&r, "is_new")?, true);
-                return Ok(Changed::Archived((timeline_of.clone(), convers_with.clone()), conv));
+            if let Some(conv) = conversations::archive(tx, timeline_of, convers_with).await? {
+                applied.add(at, |c| c.archived.push(conv));
             }
         }
-        Write::Group(g) => upsert_group(tx, g).await?,
         Write::GroupReceipt {
             app,
             reader,
             convers_with,
             message_id,
         } => {
-            let row = sqlx::query("SELECT sender FROM messages WHERE timeline_of = $1 AND message_id = $2")
-                .bind(convers_with.as_str())
-                .bind(message_id.as_str())
-                .fetch_optional(&mut **tx)
-                .await?;
-            let sender: Option<String> = row.map(|r| r.try_get("sender")).transpose()?.flatten();
-            // A direct message's copy in `with`'s timeline was sent by `with` itself.
-            let Some(sender) = sender.filter(|s| convers_with != s.as_str() && reader != s.as_str()) else {
-                return Ok(Changed::GroupReceipt(None));
-            };
-            let Ok(sender) = UserId::parse(&sender) else {
-                return Err(StoreError::Corrupt {
-                    table: "messages",
-                    key: format!("{convers_with}/{message_id}"),
-                    why: format!("sender {sender:?} is not an id"),
-                });
-            };
-            sqlx::query("UPDATE messages SET status = $1 WHERE timeline_of = $2 AND message_id = $3 AND status < $1")
-                .bind(crate::domain::status::RETURN_RECEIPT)
-                .bind(sender.as_str())
-                .bind(message_id.as_str())
-                .execute(&mut **tx)
-                .await?;
-            return Ok(Changed::GroupReceipt(Some(GroupReceipt {
-                app: app.clone(),
-                sender,
-                group: convers_with.clone(),
-                message_id: message_id.clone(),
-            })));
+            if let Some(r) = messages::group_receipt(tx, app, reader, convers_with, message_id).await? {
+                applied.add(at, |c| c.group_receipts.push(r));
+            }
         }
+        Write::Group(g) => groups::upsert(tx, g).await?,
         Write::Block {
             app,
             user,
             other,
             add,
             at_ms,
-        } => {
-            let q = if *add {
-                sqlx::query(
-                    "INSERT INTO blocks (app_id, user_id, other_id, created_on) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (app_id, user_id, other_id) DO NOTHING",
-                )
-            } else {
-                sqlx::query("DELETE FROM blocks WHERE app_id = $1 AND user_id = $2 AND other_id = $3")
-            };
-            let q = q.bind(app.as_str()).bind(user.as_str()).bind(other.as_str());
-            let q = if *add { q.bind(*at_ms) } else { q };
-            q.execute(&mut **tx).await?;
-        }
+        } => blocks::set(tx, app, user, other, *add, *at_ms).await?,
         Write::Presence {
             app,
             user,
@@ -573,291 +286,67 @@ async fn update_row(tx: &mut sqlx::Transaction<'_, sqlx::Any>, w: &Write) -> Res
             connected,
             at_ms,
         } => {
-            return Ok(Changed::Presence(
-                presence_row(tx, app, user, client_id, *connected, *at_ms).await?,
-            ))
+            if let Some(change) = presence::record(tx, app, user, client_id, *connected, *at_ms).await? {
+                applied.add(at, |c| c.presence.push(change));
+            }
         }
+        // Rows, not updates: see `Batch`.
         Write::Message(_) | Write::Conversation(_) => {}
     }
-    Ok(Changed::Nothing)
-}
-
-async fn upsert_group(tx: &mut sqlx::Transaction<'_, sqlx::Any>, g: &Group) -> Result<(), sqlx::Error> {
-    let members: Map<String, Value> = g.members.iter().map(|m| (m.to_string(), Value::from(1))).collect();
-    let attributes = g.attributes().map(Value::to_string);
-    sqlx::query(
-        "INSERT INTO groups (uid, app_id, name, owner, members, attributes, created_on, updated_on, body) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (uid) DO UPDATE SET \
-         app_id = excluded.app_id, name = excluded.name, owner = excluded.owner, members = excluded.members, \
-         attributes = excluded.attributes, updated_on = excluded.updated_on, body = excluded.body",
-    )
-    .bind(g.uid.as_str())
-    .bind(g.app_id.as_str())
-    .bind(g.name())
-    .bind(g.owner())
-    .bind(json(&members))
-    .bind(attributes)
-    .bind(g.created_on)
-    .bind(g.updated_on)
-    .bind(json(&g.object))
-    .execute(&mut **tx)
-    .await?;
     Ok(())
-}
-
-/// Record one client's connect/disconnect; report the user's online/offline transition.
-async fn presence_row(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    app: &AppId,
-    user: &UserId,
-    client_id: &ClientId,
-    connected: bool,
-    at_ms: i64,
-) -> Result<Option<PresenceChange>, sqlx::Error> {
-    let q = if connected {
-        sqlx::query(
-            "INSERT INTO presence_clients (app_id, user_id, client_id, since) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (app_id, user_id, client_id) DO NOTHING",
-        )
-    } else {
-        sqlx::query("DELETE FROM presence_clients WHERE app_id = $1 AND user_id = $2 AND client_id = $3")
-    };
-    let (app_s, user_s) = (app.as_str(), user.as_str());
-    let q = q.bind(app_s).bind(user_s).bind(client_id.as_str());
-    let q = if connected { q.bind(at_ms) } else { q };
-    q.execute(&mut **tx).await?;
-    let clients: i64 = sqlx::query("SELECT COUNT(*) FROM presence_clients WHERE app_id = $1 AND user_id = $2")
-        .bind(app_s)
-        .bind(user_s)
-        .fetch_one(&mut **tx)
-        .await?
-        .try_get(0)?;
-    let was_online = sqlx::query(
-        "SELECT CAST(CASE WHEN online THEN 1 ELSE 0 END AS BIGINT) AS online FROM presence \
-         WHERE app_id = $1 AND user_id = $2",
-    )
-    .bind(app_s)
-    .bind(user_s)
-    .fetch_optional(&mut **tx)
-    .await?
-    .map(|r| get_bool(&r, "online"))
-    .transpose()?
-    .unwrap_or(false);
-    let online = clients > 0;
-    sqlx::query(
-        "INSERT INTO presence (app_id, user_id, online, clients, last_seen) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (app_id, user_id) DO UPDATE SET online = excluded.online, clients = excluded.clients, \
-         last_seen = excluded.last_seen",
-    )
-    .bind(app_s)
-    .bind(user_s)
-    .bind(online)
-    .bind(clients)
-    .bind(at_ms)
-    .execute(&mut **tx)
-    .await?;
-    Ok((online != was_online).then(|| PresenceChange {
-        app_id: app.clone(),
-        user_id: user.clone(),
-        online,
-        at_ms,
-    }))
-}
-
-/// `($1, …, $n), ($n+1, …)` (PostgreSQL) or `(?, …), (?, …)` (SQLite) for `rows` rows of
-/// `cols` parameters. SQLite gets plain `?`: sqlx binds `$N` there by looking each name up,
-/// which is quadratic in the number of parameters and dominated the profile of big batches.
-fn placeholders(positional: bool, rows: usize, cols: usize, literal_after: Option<(usize, &str)>) -> String {
-    let mut out = String::with_capacity(rows * cols * 5);
-    let mut n = 0;
-    for r in 0..rows {
-        out.push_str(if r == 0 { "(" } else { ", (" });
-        for c in 0..cols {
-            if c > 0 {
-                out.push_str(", ");
-            }
-            n += 1;
-            if positional {
-                out.push('?');
-            } else {
-                out.push_str(&format!("${n}"));
-            }
-            if let Some((after, lit)) = literal_after {
-                if c + 1 == after {
-                    out.push_str(", ");
-                    out.push_str(lit);
-                }
-            }
-        }
-        out.push(')');
-    }
-    out
-}
-
-/// `(…)` list of `n` parameters numbered from `first` (`?` on SQLite).
-fn placeholders_from(positional: bool, first: usize, n: usize) -> String {
-    let list: Vec<String> = (0..n)
-        .map(|i| {
-            if positional {
-                "?".to_string()
-            } else {
-                format!("${}", first + i)
-            }
-        })
-        .collect();
-    format!("({})", list.join(", "))
-}
-
-async fn insert_messages(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    positional: bool,
-    rows: &[&TimelineCopy],
-) -> Result<(), sqlx::Error> {
-    let sql = format!(
-        "INSERT INTO messages (timeline_of, message_id, convers_with, app_id, sender, recipient, status, timestamp, \
-         text, type, channel_type, body) VALUES {} ON CONFLICT (timeline_of, message_id) DO NOTHING",
-        placeholders(positional, rows.len(), 12, None)
-    );
-    let mut q = sqlx::query(&sql);
-    for c in rows {
-        let m = c.message();
-        q = q
-            .bind(c.timeline_of.as_str())
-            .bind(m.message_id().unwrap_or_default())
-            .bind(c.convers_with.as_str())
-            .bind(m.app_id().unwrap_or_default())
-            .bind(m.sender())
-            .bind(m.recipient())
-            .bind(m.status().unwrap_or_default())
-            .bind(m.timestamp())
-            .bind(m.text())
-            .bind(m.kind())
-            .bind(m.channel_type())
-            .bind(json(m.fields()));
-    }
-    q.execute(&mut **tx).await?;
-    Ok(())
-}
-
-async fn upsert_conversations(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    positional: bool,
-    rows: &[&TimelineCopy],
-) -> Result<(), sqlx::Error> {
-    // Newest message wins: an older (or redelivered) message never replaces a newer last
-    // message. A new message un-archives the conversation (§6).
-    let sql = format!(
-        "INSERT INTO conversations (timeline_of, convers_with, app_id, message_id, sender, recipient, status, \
-         timestamp, last_message_text, type, channel_type, attributes, is_new, archived, body) VALUES {} \
-         ON CONFLICT (timeline_of, convers_with) DO UPDATE SET \
-         app_id = excluded.app_id, message_id = excluded.message_id, sender = excluded.sender, \
-         recipient = excluded.recipient, status = excluded.status, timestamp = excluded.timestamp, \
-         last_message_text = excluded.last_message_text, type = excluded.type, \
-         channel_type = excluded.channel_type, attributes = excluded.attributes, is_new = excluded.is_new, \
-         archived = FALSE, body = excluded.body \
-         WHERE excluded.timestamp >= conversations.timestamp",
-        placeholders(positional, rows.len(), 14, Some((13, "FALSE")))
-    );
-    let mut q = sqlx::query(&sql);
-    for c in rows {
-        let m = c.message();
-        q = q
-            .bind(c.timeline_of.as_str())
-            .bind(c.convers_with.as_str())
-            .bind(m.app_id().unwrap_or_default())
-            .bind(m.message_id().unwrap_or_default())
-            .bind(m.sender())
-            .bind(m.recipient())
-            .bind(m.status().unwrap_or_default())
-            .bind(m.timestamp())
-            .bind(m.text())
-            .bind(m.kind())
-            .bind(m.channel_type())
-            .bind(m.attributes().map(Value::to_string))
-            .bind(c.is_new)
-            .bind(json(m.fields()));
-    }
-    q.execute(&mut **tx).await?;
-    Ok(())
-}
-
-fn message_row(r: &AnyRow) -> Result<StoredMessage, StoreError> {
-    let body: String = r.try_get("body")?;
-    let (timeline_of, message_id): (String, String) = (r.try_get("timeline_of")?, r.try_get("message_id")?);
-    let message = serde_json::from_str(&body).map_err(|e| StoreError::Corrupt {
-        table: "messages",
-        key: format!("{timeline_of}/{message_id}"),
-        why: format!("body: {e}"),
-    })?;
-    Ok(StoredMessage {
-        timeline_of,
-        convers_with: r.try_get("convers_with")?,
-        message_id,
-        status: r.try_get("status")?,
-        timestamp: r.try_get("timestamp")?,
-        message,
-    })
-}
-
-fn conversation_row(r: &AnyRow) -> Result<StoredConversation, StoreError> {
-    Ok(StoredConversation {
-        timeline_of: r.try_get("timeline_of")?,
-        convers_with: r.try_get("convers_with")?,
-        message_id: r.try_get("message_id")?,
-        last_message_text: r.try_get("last_message_text")?,
-        status: r.try_get("status")?,
-        timestamp: r.try_get("timestamp")?,
-        is_new: get_bool(r, "is_new")?,
-        archived: get_bool(r, "archived")?,
-    })
-}
-
-/// Booleans are selected as `CAST(CASE WHEN col THEN 1 ELSE 0 END AS BIGINT)`: the `Any`
-/// driver cannot decode SQLite's BOOLEAN columns, PostgreSQL cannot cast boolean to bigint
-/// directly, and this reads the same on both backends.
-fn get_bool(r: &AnyRow, col: &str) -> Result<bool, sqlx::Error> {
-    r.try_get::<i64, _>(col).map(|v| v != 0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{Message, Sealed};
+    use crate::events::PresenceChange;
+    use crate::plan::TimelineCopy;
     use std::sync::Arc;
 
     fn copy(timeline_of: &str, with: &str, id: &str, ts: i64, text: &str, is_new: bool) -> TimelineCopy {
-        let m = serde_json::json!({"message_id": id, "timestamp": ts, "text": text, "status": 150, "app_id": "a"});
+        let m = serde_json::json!({"message_id": id, "timestamp": ts, "text": text, "status": 150, "app_id": "a", "sender": with});
         TimelineCopy {
             timeline_of: timeline_of.into(),
             convers_with: with.into(),
             is_new,
-            message: crate::domain::Sealed::new(Message::from_fields(m.as_object().unwrap().clone())),
+            message: Sealed::new(Message::from_fields(m.as_object().unwrap().clone())),
         }
+    }
+
+    fn stored(c: &TimelineCopy) -> Vec<Write> {
+        vec![Write::Message(c.clone()), Write::Conversation(c.clone())]
+    }
+
+    async fn apply(store: &Store, writes: &[Write]) -> Applied {
+        let refs: Vec<&Write> = writes.iter().collect();
+        store.apply(&refs).await.unwrap()
+    }
+
+    async fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/s.db").display().to_string();
+        let store = Store::open(&Database::Sqlite { path }).await.unwrap();
+        (dir, store)
     }
 
     /// A real SQLite file: upserts are idempotent and the newest message wins.
     #[tokio::test]
     async fn sqlite_upserts() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub/c.db");
-        let store = Store::open(&Database::Sqlite {
-            path: path.display().to_string(),
-        })
-        .await
-        .unwrap();
+        let path = dir.path().join("sub/c.db").display().to_string();
+        let store = Store::open(&Database::Sqlite { path: path.clone() }).await.unwrap();
         let new = copy("A", "B", "m2", 2000, "new", true);
         let old = copy("A", "B", "m1", 1000, "old", true);
-        let w = |c: &TimelineCopy| vec![Write::Message(c.clone()), Write::Conversation(c.clone())];
-        store.apply(&w(&new)).await.unwrap();
-        store.apply(&w(&new)).await.unwrap();
-        store.apply(&w(&old)).await.unwrap();
+        apply(&store, &stored(&new)).await;
+        apply(&store, &stored(&new)).await;
+        apply(&store, &stored(&old)).await;
         let msgs = store.messages("A", "B", 10).await.unwrap();
-        assert_eq!(
-            msgs.iter().map(|m| m.message_id.as_str()).collect::<Vec<_>>(),
-            vec!["m2", "m1"]
-        );
+        let ids: Vec<&str> = msgs.iter().map(|m| m.message_id.as_str()).collect();
+        assert_eq!(ids, vec!["m2", "m1"]);
         let convs = store.conversations("A", false).await.unwrap();
         assert_eq!(convs.len(), 1);
-        assert_eq!(convs[0].last_message_text.as_deref(), Some("new"));
+        assert_eq!(convs[0].last.text(), Some("new"));
         assert!(convs[0].is_new);
         // Every §11 table exists with its key.
         for table in ["groups", "blocks", "presence"] {
@@ -868,19 +357,61 @@ mod tests {
         }
         // Reopening runs the migrations again: a no-op.
         store.close().await;
-        let again = Store::open(&Database::Sqlite {
-            path: path.display().to_string(),
-        })
-        .await
-        .unwrap();
+        let again = Store::open(&Database::Sqlite { path }).await.unwrap();
         assert_eq!(again.messages("A", "B", 10).await.unwrap().len(), 2);
     }
 
-    async fn temp_store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.db").display().to_string();
-        let store = Store::open(&Database::Sqlite { path }).await.unwrap();
-        (dir, store)
+    #[tokio::test]
+    async fn history_pages_and_conversation_reads() {
+        let (_dir, store) = temp_store().await;
+        for i in 1..=5 {
+            apply(
+                &store,
+                &stored(&copy("A", "B", &format!("m{i}"), i * 100, &format!("t{i}"), true)),
+            )
+            .await;
+        }
+        apply(&store, &stored(&copy("A", "C", "c1", 50, "other", false))).await;
+        let ids = |page: Vec<StoredMessage>| page.into_iter().map(|m| m.message_id).collect::<Vec<_>>();
+        assert_eq!(ids(store.messages("A", "B", 2).await.unwrap()), vec!["m5", "m4"]);
+        assert_eq!(
+            ids(store.messages_before("A", "B", 400, 2).await.unwrap()),
+            vec!["m3", "m2"]
+        );
+        assert_eq!(ids(store.messages_before("A", "B", 200, 2).await.unwrap()), vec!["m1"]);
+        let recent = store.recent_conversations("A", false, 1).await.unwrap();
+        assert_eq!((recent.len(), recent[0].convers_with.as_str()), (1, "B"));
+        let one = store.conversation("A", "C").await.unwrap().unwrap();
+        assert_eq!(
+            (one.last.text(), one.is_new, one.archived),
+            (Some("other"), false, false)
+        );
+        assert!(store.conversation("A", "Z").await.unwrap().is_none());
+    }
+
+    /// Rows a person or another program broke are errors, never defaults.
+    #[tokio::test]
+    async fn corrupt_rows_are_errors() {
+        let (_dir, store) = temp_store().await;
+        apply(&store, &stored(&copy("A", "B", "m1", 1, "x", true))).await;
+        sqlx::query("UPDATE messages SET body = 'not json'")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE conversations SET body = '[1]'")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let corrupt = |e: StoreError| matches!(e, StoreError::Corrupt { .. }) && !e.is_transient();
+        assert!(corrupt(store.messages("A", "B", 10).await.unwrap_err()));
+        assert!(corrupt(store.conversations("A", false).await.unwrap_err()));
+        let g = Group::from_object(&"app".into(), serde_json::json!({"uid":"g"}).as_object().unwrap(), 1).unwrap();
+        apply(&store, &[Write::Group(Arc::new(g))]).await;
+        sqlx::query("UPDATE groups SET body = '{'")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        assert!(corrupt(store.group(&"g".into()).await.unwrap_err()));
     }
 
     #[tokio::test]
@@ -889,18 +420,54 @@ mod tests {
         assert_eq!(store.group(&"g".into()).await.unwrap(), None);
         let obj = serde_json::json!({"uid":"g","name":"N","owner":"o","members":{"z":1,"a":1},"attributes":{"k":1}});
         let g = Group::from_object(&"app".into(), obj.as_object().unwrap(), 5).unwrap();
-        store.apply(&[Write::Group(Arc::new(g.clone()))]).await.unwrap();
+        apply(&store, &[Write::Group(Arc::new(g.clone()))]).await;
         assert_eq!(store.group(&"g".into()).await.unwrap(), Some(g.clone()));
         // An update replaces the membership and keeps the creation time.
         let obj = serde_json::json!({"uid":"g","members":{"a":1}});
         let g2 = Group::from_object(&"app".into(), obj.as_object().unwrap(), 9).unwrap();
-        store.apply(&[Write::Group(Arc::new(g2))]).await.unwrap();
+        apply(&store, &[Write::Group(Arc::new(g2))]).await;
         let got = store.group(&"g".into()).await.unwrap().unwrap();
         assert_eq!(got.members, vec!["a"]);
         assert_eq!((got.created_on, got.updated_on), (5, 9));
     }
 
-    /// The store tells a group message's original sender from a direct message's.
+    #[tokio::test]
+    async fn block_lists_by_user_and_for_many() {
+        let (_dir, store) = temp_store().await;
+        let block = |user: &str, other: &str, add: bool, at_ms: i64| Write::Block {
+            app: "a".into(),
+            user: user.into(),
+            other: other.into(),
+            add,
+            at_ms,
+        };
+        apply(
+            &store,
+            &[
+                block("U", "X", true, 2),
+                block("U", "Y", true, 1),
+                block("U", "X", true, 3),
+            ],
+        )
+        .await;
+        apply(&store, &[block("V", "U", true, 4), block("V", "U", false, 5)]).await;
+        let of_u = store.blocked_by(&"a".into(), &"U".into()).await.unwrap();
+        assert_eq!(of_u, vec![("Y".into(), 1), ("X".into(), 2)], "idempotent, oldest first");
+        let many = store
+            .blocks_of(&"a".into(), &["U".into(), "V".into(), "W".into()])
+            .await
+            .unwrap();
+        assert_eq!(many[&UserId::from("U")].len(), 2);
+        assert!(many[&UserId::from("V")].is_empty() && many[&UserId::from("W")].is_empty());
+        assert!(store
+            .blocked_by(&"other-app".into(), &"U".into())
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    /// The store tells a group message's original sender from a direct message's, and hands
+    /// the answer to the receipt's own write.
     #[tokio::test]
     async fn group_receipts_find_the_original_sender() {
         let (_dir, store) = temp_store().await;
@@ -910,40 +477,38 @@ mod tests {
                 timeline_of: timeline.into(),
                 convers_with: with.into(),
                 is_new: false,
-                message: crate::domain::Sealed::new(Message::from_fields(m.as_object().unwrap().clone())),
+                message: Sealed::new(Message::from_fields(m.as_object().unwrap().clone())),
             })
         };
         // A group message from S: S's member copy, R's, and the group timeline G.
-        store
-            .apply(&[
+        apply(
+            &store,
+            &[
                 msg("S", "G", "S", 150),
                 msg("R", "G", "S", 150),
                 msg("G", "G", "S", 100),
-            ])
-            .await
-            .unwrap();
+            ],
+        )
+        .await;
         let receipt = |reader: &str, with: &str| Write::GroupReceipt {
             app: "a".into(),
             reader: reader.into(),
             convers_with: with.into(),
             message_id: "m".into(),
         };
-        let applied = store.apply(&[receipt("R", "G")]).await.unwrap();
-        let told = applied.group_receipts[0].clone().expect("the sender is known");
-        assert_eq!((told.sender.as_str(), told.group.as_str()), ("S", "G"));
+        let mut applied = apply(&store, &[receipt("R", "G")]).await;
+        let told = applied.take(0..1).group_receipts;
+        assert_eq!((told[0].sender.as_str(), told[0].group.as_str()), ("S", "G"));
         assert_eq!(store.message("S", "m").await.unwrap().unwrap().status, 250);
         // A direct message's receipt (the copy in `with`'s timeline is with's own) and the
         // sender's own receipt are not forwarded; unknown messages neither.
-        store.apply(&[msg("D", "R", "D", 100)]).await.unwrap();
-        let applied = store
-            .apply(&[receipt("R", "D"), receipt("S", "G"), receipt("R", "nowhere")])
-            .await
-            .unwrap();
-        assert_eq!(Vec::from(applied.group_receipts), vec![None, None, None]);
+        apply(&store, &[msg("D", "R", "D", 100)]).await;
+        let mut applied = apply(&store, &[receipt("R", "D"), receipt("S", "G"), receipt("R", "nowhere")]).await;
+        assert!(applied.take(0..3).is_empty());
     }
 
     #[tokio::test]
-    async fn presence_counts_clients_and_reports_transitions() {
+    async fn presence_counts_clients_and_reports_transitions_to_their_write() {
         let (_dir, store) = temp_store().await;
         let p = |client: &str, connected: bool, at_ms: i64| Write::Presence {
             app: "a".into(),
@@ -952,24 +517,19 @@ mod tests {
             connected,
             at_ms,
         };
-        let online = |at_ms| {
-            Some(PresenceChange {
-                app_id: "a".into(),
-                user_id: "U".into(),
-                online: true,
-                at_ms,
-            })
+        let change = |online: bool, at_ms| PresenceChange {
+            app_id: "a".into(),
+            user_id: "U".into(),
+            online,
+            at_ms,
         };
-        // One batch: results line up with the presence writes, in order.
-        let applied = store
-            .apply(&[p("c1", true, 1), p("c2", true, 2), p("c1", true, 3)])
-            .await
-            .unwrap();
-        assert_eq!(Vec::from(applied.presence), vec![online(1), None, None]);
+        // One batch: the transition belongs to the write that caused it.
+        let mut applied = apply(&store, &[p("c1", true, 1), p("c2", true, 2), p("c1", true, 3)]).await;
+        assert_eq!(applied.take(1..3).presence, vec![], "not the later writes'");
+        assert_eq!(applied.take(0..1).presence, vec![change(true, 1)]);
         // One of two clients leaves (twice: a redelivery changes nothing): still online.
         for at in [4, 5] {
-            let applied = store.apply(&[p("c1", false, at)]).await.unwrap();
-            assert_eq!(Vec::from(applied.presence), vec![None]);
+            assert!(apply(&store, &[p("c1", false, at)]).await.take(0..1).is_empty());
         }
         let row = store.presence("a", "U").await.unwrap().unwrap();
         assert_eq!(
@@ -980,50 +540,36 @@ mod tests {
                 last_seen: Some(5)
             }
         );
-        let applied = store.apply(&[p("c2", false, 6)]).await.unwrap();
-        let offline = PresenceChange {
-            app_id: "a".into(),
-            user_id: "U".into(),
-            online: false,
-            at_ms: 6,
-        };
-        assert_eq!(Vec::from(applied.presence), vec![Some(offline)]);
+        let mut applied = apply(&store, &[p("c2", false, 6)]).await;
+        assert_eq!(applied.take(0..1).presence, vec![change(false, 6)]);
         assert!(!store.presence("a", "U").await.unwrap().unwrap().online);
     }
 
-    #[test]
-    fn chunks_have_few_shapes() {
-        let rows: Vec<u32> = (0..700).collect();
-        let sizes: Vec<usize> = statement_chunks(&rows).iter().map(|c| c.len()).collect();
-        assert_eq!(sizes, vec![256, 256, 128, 32, 16, 8, 4]);
-        assert!(statement_chunks::<u32>(&[]).is_empty());
-    }
-
-    #[test]
-    fn placeholder_lists() {
-        assert_eq!(placeholders(false, 2, 2, None), "($1, $2), ($3, $4)");
-        assert_eq!(
-            placeholders(false, 2, 2, Some((1, "FALSE"))),
-            "($1, FALSE, $2), ($3, FALSE, $4)"
+    /// Archive and un-archive in one batch: each is handed to its own write.
+    #[tokio::test]
+    async fn archive_and_unarchive_are_keyed_by_write() {
+        let (_dir, store) = temp_store().await;
+        apply(&store, &stored(&copy("A", "B", "m1", 1, "first", false))).await;
+        let archive = Write::Archive {
+            app: "a".into(),
+            timeline_of: "A".into(),
+            convers_with: "B".into(),
+        };
+        let mut applied = apply(&store, &[archive]).await;
+        let archived = applied.take(0..1).archived;
+        assert_eq!((archived.len(), archived[0].archived), (1, true));
+        assert_eq!(archived[0].last.text(), Some("first"));
+        // Two newer messages in one batch: the newest one's write un-archives.
+        let (m2, m3) = (
+            copy("A", "B", "m2", 2, "second", true),
+            copy("A", "B", "m3", 3, "third", true),
         );
-        assert_eq!(placeholders(true, 2, 2, None), "(?, ?), (?, ?)");
-    }
-
-    #[test]
-    fn coalesce_keeps_first_message_and_newest_conversation() {
-        let a = copy("A", "B", "m1", 1, "one", true);
-        let b = copy("A", "B", "m2", 3, "two", true);
-        let c = copy("A", "B", "m3", 2, "three", true);
-        let writes = vec![
-            Write::Message(a.clone()),
-            Write::Message(a.clone()),
-            Write::Conversation(a),
-            Write::Conversation(b),
-            Write::Conversation(c),
-        ];
-        let (m, conv, _) = coalesce(&writes);
-        assert_eq!(m.len(), 1);
-        assert_eq!(conv.len(), 1);
-        assert_eq!(conv[0].message().text(), Some("two"));
+        let mut writes = stored(&m2);
+        writes.extend(stored(&m3));
+        let mut applied = apply(&store, &writes).await;
+        assert!(applied.take(0..2).unarchived.is_empty());
+        let un = applied.take(2..4).unarchived;
+        assert_eq!((un.len(), un[0].last.text(), un[0].archived), (1, Some("third"), false));
+        assert!(!store.conversation("A", "B").await.unwrap().unwrap().archived);
     }
 }

@@ -7,9 +7,9 @@
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Applied, Store};
+use super::Store;
 use crate::metrics::Metrics;
-use crate::plan::{conversation_object, Committed, Write};
+use crate::plan::{Committed, Write};
 use crate::retry::Backoff;
 
 /// Most writes folded into one transaction.
@@ -23,46 +23,6 @@ struct Job {
 impl Job {
     fn archives(&self) -> bool {
         self.writes.iter().any(|w| matches!(w, Write::Archive { .. }))
-    }
-
-    /// This job's share of what the batch changed (an un-archive goes to the first job that
-    /// wrote to that conversation). Jobs are asked in batch order.
-    fn committed(&self, applied: &mut Applied) -> Committed {
-        let mut c = Committed::default();
-        for w in &self.writes {
-            match w {
-                Write::Archive {
-                    timeline_of,
-                    convers_with,
-                    ..
-                } => {
-                    if let Some(conv) = applied.archived.remove(&(timeline_of.clone(), convers_with.clone())) {
-                        c.archived.push(conv);
-                    }
-                }
-                Write::Conversation(copy) => {
-                    let key = (copy.timeline_of.clone(), copy.convers_with.clone());
-                    if applied.unarchived.remove(&key) {
-                        let (t, w) = (&copy.timeline_of, &copy.convers_with);
-                        c.unarchived
-                            .push(conversation_object(t, w, copy.message(), copy.is_new, false));
-                    }
-                }
-                // Presence results come in write order; this job's are next in line.
-                Write::Presence { .. } => {
-                    if let Some(Some(change)) = applied.presence.pop_front() {
-                        c.presence.push(change);
-                    }
-                }
-                Write::GroupReceipt { .. } => {
-                    if let Some(Some(r)) = applied.group_receipts.pop_front() {
-                        c.group_receipts.push(r);
-                    }
-                }
-                _ => {}
-            }
-        }
-        c
     }
 }
 
@@ -111,7 +71,7 @@ async fn run(store: Store, metrics: Arc<Metrics>, mut rx: mpsc::Receiver<Job>) {
         let mut delays = Backoff::STORE.delays();
         let mut applied = loop {
             let started = std::time::Instant::now();
-            match store.apply(writes.iter().copied()).await {
+            match store.apply(&writes).await {
                 Ok(applied) => {
                     metrics.committed(started.elapsed().as_secs_f64());
                     metrics.set_store_ok(true);
@@ -126,9 +86,12 @@ async fn run(store: Store, metrics: Arc<Metrics>, mut rx: mpsc::Receiver<Job>) {
                 }
             }
         };
+        // Each input gets what its own writes revealed.
+        let mut start = 0;
         for job in jobs {
-            let committed = job.committed(&mut applied);
-            let _ = job.done.send(committed);
+            let end = start + job.writes.len();
+            let _ = job.done.send(applied.take(start..end));
+            start = end;
         }
     }
 }

@@ -36,8 +36,8 @@ async fn history_and_conversations(db: Db) {
     assert_eq!(rows.0[0].status, 100);
     assert_eq!(rows.1[0].status, 150);
     assert_eq!(rows.1[0].message_id, "m1");
-    assert_eq!(rows.1[0].message["text"], "hello");
-    assert_eq!(rows.1[0].message["attributes"], json!({"a": 1}));
+    assert_eq!(rows.1[0].message.fields()["text"], "hello");
+    assert_eq!(rows.1[0].message.fields()["attributes"], json!({"a": 1}));
 
     let c1 = store.conversations(&u1, false).await.unwrap();
     let c2 = store.conversations(&u2, false).await.unwrap();
@@ -45,7 +45,7 @@ async fn history_and_conversations(db: Db) {
     assert_eq!(c2.len(), 1);
     assert_eq!((c1[0].convers_with.as_str(), c1[0].is_new), (u2.as_str(), false));
     assert_eq!((c2[0].convers_with.as_str(), c2[0].is_new), (u1.as_str(), true));
-    assert_eq!(c2[0].last_message_text.as_deref(), Some("hello"));
+    assert_eq!(c2[0].last.text(), Some("hello"));
     assert!(!c2[0].archived);
 }
 
@@ -84,11 +84,12 @@ async fn idempotent_and_newest_wins(db: Db) {
     assert_eq!(rows, 3, "one row per message_id");
     let conv = store.conversations(&u2, false).await.unwrap();
     assert_eq!(
-        conv[0].message_id, "m2",
+        conv[0].last.message_id(),
+        Some("m2"),
         "newest wins; updateconversation:false ignored"
     );
-    assert_eq!(conv[0].last_message_text.as_deref(), Some("new"));
-    assert_eq!(conv[0].timestamp, 2000);
+    assert_eq!(conv[0].last.text(), Some("new"));
+    assert_eq!(conv[0].last.timestamp(), 2000);
 }
 
 #[tokio::test]
@@ -134,8 +135,8 @@ async fn restart_keeps_history(db: Db) {
         (r.len() == 2).then_some(r)
     })
     .await;
-    assert_eq!(rows[0].message["text"], "after");
-    assert_eq!(rows[1].message["text"], "before");
+    assert_eq!(rows[0].message.fields()["text"], "after");
+    assert_eq!(rows[1].message.fields()["text"], "before");
 }
 
 #[tokio::test]
@@ -317,11 +318,7 @@ async fn conversation_update_flow(db: Db) {
         (c.len() == 1 && !c[0].is_new).then(|| c[0].clone())
     })
     .await;
-    assert_eq!(
-        conv.last_message_text.as_deref(),
-        Some("hi"),
-        "nothing but is_new is taken"
-    );
+    assert_eq!(conv.last.text(), Some("hi"), "nothing but is_new is taken");
     assert!(!conv.archived);
 }
 
@@ -392,7 +389,7 @@ async fn archive_and_unarchive_flow(db: Db) {
     assert_eq!(unarchived[0].1["archived"], false);
     let active = store.conversations(&u1, false).await.unwrap();
     assert_eq!(active.len(), 1);
-    assert_eq!(active[0].last_message_text.as_deref(), Some("again"));
+    assert_eq!(active[0].last.text(), Some("again"));
     // The sender's conversation was never archived: no un-archive noise for it.
     assert!(store.conversations(&u2, true).await.unwrap().is_empty());
 }
@@ -405,4 +402,79 @@ async fn archive_and_unarchive_flow_sqlite() {
 #[tokio::test]
 async fn archive_and_unarchive_flow_postgres() {
     archive_and_unarchive_flow(Db::Postgres).await;
+}
+
+/// The reads the HTTP API is built on, against a real database of each kind: history pages,
+/// one and recent conversations, a user's block list; and a commit's results handed to the
+/// write that caused them.
+async fn store_reads(url: String) {
+    use chat21_engine::domain::{AppId, Message, Sealed, UserId};
+    use chat21_engine::plan::{TimelineCopy, Write};
+    let uid = |s: &str| UserId::parse(s).unwrap();
+    let app = AppId::parse("t").unwrap();
+    let store = open_store(&url).await;
+    let (a, b) = (fresh("a"), fresh("b"));
+    let copy = |id: &str, ts: i64| {
+        let m = json!({"message_id": id, "timestamp": ts, "text": id, "status": 150, "app_id": "t", "sender": b});
+        TimelineCopy {
+            timeline_of: uid(&a),
+            convers_with: uid(&b),
+            is_new: true,
+            message: Sealed::new(Message::from_fields(m.as_object().unwrap().clone())),
+        }
+    };
+    let mut writes = Vec::new();
+    for i in 1..=5 {
+        let c = copy(&format!("m{i}"), i * 10);
+        writes.push(Write::Message(c.clone()));
+        writes.push(Write::Conversation(c));
+    }
+    for (other, at_ms) in [("y", 2), ("x", 1)] {
+        writes.push(Write::Block {
+            app: app.clone(),
+            user: uid(&a),
+            other: uid(other),
+            add: true,
+            at_ms,
+        });
+    }
+    let refs: Vec<&Write> = writes.iter().collect();
+    store.apply(&refs).await.unwrap();
+    let ids =
+        |page: Vec<chat21_engine::store::StoredMessage>| page.into_iter().map(|m| m.message_id).collect::<Vec<_>>();
+    assert_eq!(ids(store.messages(&a, &b, 2).await.unwrap()), vec!["m5", "m4"]);
+    assert_eq!(
+        ids(store.messages_before(&a, &b, 40, 2).await.unwrap()),
+        vec!["m3", "m2"]
+    );
+    let conv = store.conversation(&a, &b).await.unwrap().expect("stored");
+    assert_eq!((conv.last.message_id(), conv.is_new), (Some("m5"), true));
+    assert_eq!(store.recent_conversations(&a, false, 10).await.unwrap().len(), 1);
+    let blocked = store.blocked_by(&app, &uid(&a)).await.unwrap();
+    let blocked: Vec<&str> = blocked.iter().map(|(u, _)| u.as_str()).collect();
+    assert_eq!(blocked, vec!["x", "y"]);
+    // Archive, then a newer message un-archives: each result goes to its own write.
+    let archive = Write::Archive {
+        app: app.clone(),
+        timeline_of: uid(&a),
+        convers_with: uid(&b),
+    };
+    let newer = copy("m6", 60);
+    let later = [Write::Message(newer.clone()), Write::Conversation(newer)];
+    let mut applied = store.apply(&[&archive]).await.unwrap();
+    assert_eq!(applied.take(0..1).archived.len(), 1);
+    let mut applied = store.apply(&later.iter().collect::<Vec<_>>()).await.unwrap();
+    assert_eq!(applied.take(1..2).unarchived.len(), 1);
+    assert!(!store.conversation(&a, &b).await.unwrap().unwrap().archived);
+}
+
+#[tokio::test]
+async fn store_reads_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    store_reads(format!("sqlite://{}/reads.db", dir.path().display())).await;
+}
+
+#[tokio::test]
+async fn store_reads_postgres() {
+    store_reads(fresh_pg_schema().await).await;
 }

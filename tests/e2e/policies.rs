@@ -209,7 +209,7 @@ async fn content_filter_rejects_masks_and_reloads_on_sighup() {
     nothing_more(&mut cl).await;
     let stored = open_store(&e.database_url).await.messages(&bb, &a, 10).await.unwrap();
     assert_eq!(stored.len(), 1);
-    assert_eq!(stored[0].message["text"], "my pin is [pin]");
+    assert_eq!(stored[0].message.fields()["text"], "my pin is [pin]");
 
     // Reload: "forbidden" is allowed now, "banana" is not. Traffic flows during the reload.
     write_policy(&path, "[[deny]]\npattern = \"banana\"\naction = \"reject\"\n");

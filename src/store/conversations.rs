@@ -1,0 +1,185 @@
+//! The `conversations` table: one row per (timeline, partner), the last message's fields
+//! and body, `is_new`, `archived`.
+
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::batch::WriteIndex;
+use super::sql::{get_bool, json, json_object, placeholders, Dialect, Tx};
+use super::StoreError;
+use crate::domain::{Conversation, Message, UserId};
+use crate::plan::TimelineCopy;
+
+const COLUMNS: &str = "timeline_of, convers_with, body, \
+     CAST(CASE WHEN is_new THEN 1 ELSE 0 END AS BIGINT) AS is_new, \
+     CAST(CASE WHEN archived THEN 1 ELSE 0 END AS BIGINT) AS archived";
+
+/// Which of these copies will un-archive their conversation: it is archived and the copy is
+/// not older than its last message (older ones do not touch the row). Returns the writes that
+/// do, with the conversation as it will be.
+pub(super) async fn unarchived_by(
+    tx: &mut Tx<'_>,
+    dialect: Dialect,
+    rows: &[(WriteIndex, &TimelineCopy)],
+) -> Result<Vec<(WriteIndex, Conversation)>, sqlx::Error> {
+    let sql = format!(
+        "SELECT timeline_of, convers_with, timestamp FROM conversations WHERE archived = TRUE AND timeline_of IN {}",
+        placeholders(dialect, 1, rows.len(), None)
+    );
+    let mut q = sqlx::query(&sql);
+    for (_, c) in rows {
+        q = q.bind(c.timeline_of.as_str());
+    }
+    let mut out = Vec::new();
+    for r in q.fetch_all(&mut **tx).await? {
+        let (t, w, ts): (String, String, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+        let wins = rows
+            .iter()
+            .find(|(_, c)| c.timeline_of == t && c.convers_with == w && c.message().timestamp() >= ts);
+        if let Some((i, c)) = wins {
+            out.push((
+                *i,
+                Conversation {
+                    timeline_of: c.timeline_of.clone(),
+                    convers_with: c.convers_with.clone(),
+                    last: c.message().clone(),
+                    is_new: c.is_new,
+                    archived: false,
+                },
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Newest message wins: an older (or redelivered) message never replaces a newer last
+/// message. A new message un-archives the conversation (§6).
+pub(super) async fn upsert(
+    tx: &mut Tx<'_>,
+    dialect: Dialect,
+    rows: &[(WriteIndex, &TimelineCopy)],
+) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "INSERT INTO conversations (timeline_of, convers_with, app_id, message_id, sender, recipient, status, \
+         timestamp, last_message_text, type, channel_type, attributes, is_new, archived, body) VALUES {} \
+         ON CONFLICT (timeline_of, convers_with) DO UPDATE SET \
+         app_id = excluded.app_id, message_id = excluded.message_id, sender = excluded.sender, \
+         recipient = excluded.recipient, status = excluded.status, timestamp = excluded.timestamp, \
+         last_message_text = excluded.last_message_text, type = excluded.type, \
+         channel_type = excluded.channel_type, attributes = excluded.attributes, is_new = excluded.is_new, \
+         archived = FALSE, body = excluded.body \
+         WHERE excluded.timestamp >= conversations.timestamp",
+        placeholders(dialect, rows.len(), 14, Some((13, "FALSE")))
+    );
+    let mut q = sqlx::query(&sql);
+    for (_, c) in rows {
+        let m = c.message();
+        q = q
+            .bind(c.timeline_of.as_str())
+            .bind(c.convers_with.as_str())
+            .bind(m.app_id().unwrap_or_default())
+            .bind(m.message_id().unwrap_or_default())
+            .bind(m.sender())
+            .bind(m.recipient())
+            .bind(m.status().unwrap_or_default())
+            .bind(m.timestamp())
+            .bind(m.text())
+            .bind(m.kind())
+            .bind(m.channel_type())
+            .bind(m.attributes().map(serde_json::Value::to_string))
+            .bind(c.is_new)
+            .bind(json(m.fields()));
+    }
+    q.execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// Set `is_new` where the conversation exists (never a stub row).
+pub(super) async fn set_is_new(
+    tx: &mut Tx<'_>,
+    timeline_of: &str,
+    convers_with: &str,
+    is_new: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE conversations SET is_new = $1 WHERE timeline_of = $2 AND convers_with = $3")
+        .bind(is_new)
+        .bind(timeline_of)
+        .bind(convers_with)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Archive a conversation; returns it as it is now (none if it does not exist).
+pub(super) async fn archive(
+    tx: &mut Tx<'_>,
+    timeline_of: &str,
+    convers_with: &str,
+) -> Result<Option<Conversation>, StoreError> {
+    sqlx::query("UPDATE conversations SET archived = TRUE WHERE timeline_of = $1 AND convers_with = $2")
+        .bind(timeline_of)
+        .bind(convers_with)
+        .execute(&mut **tx)
+        .await?;
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM conversations WHERE timeline_of = $1 AND convers_with = $2"
+    ))
+    .bind(timeline_of)
+    .bind(convers_with)
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.as_ref().map(conversation).transpose()
+}
+
+/// A timeline's conversations, active or archived, newest first (at most `limit`).
+pub(super) async fn list(
+    pool: &sqlx::AnyPool,
+    timeline_of: &str,
+    archived: bool,
+    limit: i64,
+) -> Result<Vec<Conversation>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM conversations WHERE timeline_of = $1 AND archived = $2 \
+         ORDER BY timestamp DESC LIMIT $3"
+    ))
+    .bind(timeline_of)
+    .bind(archived)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(conversation).collect()
+}
+
+/// One conversation of a timeline, archived or not.
+pub(super) async fn one(
+    pool: &sqlx::AnyPool,
+    timeline_of: &str,
+    convers_with: &str,
+) -> Result<Option<Conversation>, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM conversations WHERE timeline_of = $1 AND convers_with = $2"
+    ))
+    .bind(timeline_of)
+    .bind(convers_with)
+    .fetch_optional(pool)
+    .await?;
+    row.as_ref().map(conversation).transpose()
+}
+
+fn conversation(r: &AnyRow) -> Result<Conversation, StoreError> {
+    let (t, w): (String, String) = (r.try_get("timeline_of")?, r.try_get("convers_with")?);
+    let corrupt = |why: String| StoreError::Corrupt {
+        table: "conversations",
+        key: format!("{t}/{w}"),
+        why,
+    };
+    let body: String = r.try_get("body")?;
+    let last = json_object(&body).map_err(|e| corrupt(format!("body: {e}")))?;
+    Ok(Conversation {
+        timeline_of: UserId::parse(&t).map_err(|_| corrupt("timeline_of is not an id".into()))?,
+        convers_with: UserId::parse(&w).map_err(|_| corrupt("convers_with is not an id".into()))?,
+        last: Message::from_fields(last),
+        is_new: get_bool(r, "is_new")?,
+        archived: get_bool(r, "archived")?,
+    })
+}

@@ -1,0 +1,162 @@
+//! The `messages` table: one row per (timeline, message id) — every copy of a message in the
+//! timeline it landed in, with its status.
+
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::batch::WriteIndex;
+use super::sql::{json, json_object, placeholders, Dialect, Tx};
+use super::StoreError;
+use crate::domain::{status, AppId, Message, MessageId, UserId};
+use crate::plan::{GroupReceipt, TimelineCopy};
+
+/// One message row, for history reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredMessage {
+    pub timeline_of: String,
+    pub convers_with: String,
+    pub message_id: String,
+    pub status: i64,
+    pub timestamp: i64,
+    pub message: Message,
+}
+
+/// A second copy of the same (timeline, message_id) is a no-op.
+pub(super) async fn insert(
+    tx: &mut Tx<'_>,
+    dialect: Dialect,
+    rows: &[(WriteIndex, &TimelineCopy)],
+) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "INSERT INTO messages (timeline_of, message_id, convers_with, app_id, sender, recipient, status, timestamp, \
+         text, type, channel_type, body) VALUES {} ON CONFLICT (timeline_of, message_id) DO NOTHING",
+        placeholders(dialect, rows.len(), 12, None)
+    );
+    let mut q = sqlx::query(&sql);
+    for (_, c) in rows {
+        let m = c.message();
+        q = q
+            .bind(c.timeline_of.as_str())
+            .bind(m.message_id().unwrap_or_default())
+            .bind(c.convers_with.as_str())
+            .bind(m.app_id().unwrap_or_default())
+            .bind(m.sender())
+            .bind(m.recipient())
+            .bind(m.status().unwrap_or_default())
+            .bind(m.timestamp())
+            .bind(m.text())
+            .bind(m.kind())
+            .bind(m.channel_type())
+            .bind(json(m.fields()));
+    }
+    q.execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// Only ever raise a status, and only where the row exists: a late 200 never downgrades a
+/// 250 or 300, and a receipt for an unknown message leaves no stub row (fix D7).
+pub(super) async fn raise_status(
+    tx: &mut Tx<'_>,
+    timeline_of: &str,
+    message_id: &str,
+    status: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE messages SET status = $1 WHERE timeline_of = $2 AND message_id = $3 AND status < $1")
+        .bind(status)
+        .bind(timeline_of)
+        .bind(message_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// A receipt by `reader` in its conversation with `convers_with` (§5): when the message there
+/// is a group's — its stored sender is neither `convers_with` nor the reader — raise the
+/// original sender's copy to 250 and return the sender, to be told after the commit.
+pub(super) async fn group_receipt(
+    tx: &mut Tx<'_>,
+    app: &AppId,
+    reader: &UserId,
+    convers_with: &UserId,
+    message_id: &MessageId,
+) -> Result<Option<GroupReceipt>, StoreError> {
+    let row = sqlx::query("SELECT sender FROM messages WHERE timeline_of = $1 AND message_id = $2")
+        .bind(convers_with.as_str())
+        .bind(message_id.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+    let sender: Option<String> = row.map(|r| r.try_get("sender")).transpose()?.flatten();
+    // A direct message's copy in `with`'s timeline was sent by `with` itself.
+    let Some(sender) = sender.filter(|s| convers_with != s && reader != s) else {
+        return Ok(None);
+    };
+    let sender = UserId::parse(&sender).map_err(|_| StoreError::Corrupt {
+        table: "messages",
+        key: format!("{convers_with}/{message_id}"),
+        why: format!("sender {sender:?} is not an id"),
+    })?;
+    raise_status(tx, &sender, message_id, status::RETURN_RECEIPT).await?;
+    Ok(Some(GroupReceipt {
+        app: app.clone(),
+        sender,
+        group: convers_with.clone(),
+        message_id: message_id.clone(),
+    }))
+}
+
+/// A page of a conversation's history, newest first: at most `limit` messages older than
+/// `before` (epoch ms; `None`: from the newest).
+pub(super) async fn page(
+    pool: &sqlx::AnyPool,
+    timeline_of: &str,
+    convers_with: &str,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<StoredMessage>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT timeline_of, convers_with, message_id, status, timestamp, body FROM messages \
+         WHERE timeline_of = $1 AND convers_with = $2 AND timestamp < $3 ORDER BY timestamp DESC LIMIT $4",
+    )
+    .bind(timeline_of)
+    .bind(convers_with)
+    .bind(before.unwrap_or(i64::MAX))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(message_row).collect()
+}
+
+/// One stored message, if it exists.
+pub(super) async fn one(
+    pool: &sqlx::AnyPool,
+    timeline_of: &str,
+    message_id: &str,
+) -> Result<Option<StoredMessage>, StoreError> {
+    let row = sqlx::query(
+        "SELECT timeline_of, convers_with, message_id, status, timestamp, body FROM messages \
+         WHERE timeline_of = $1 AND message_id = $2",
+    )
+    .bind(timeline_of)
+    .bind(message_id)
+    .fetch_optional(pool)
+    .await?;
+    row.as_ref().map(message_row).transpose()
+}
+
+fn message_row(r: &AnyRow) -> Result<StoredMessage, StoreError> {
+    let body: String = r.try_get("body")?;
+    let (timeline_of, message_id): (String, String) = (r.try_get("timeline_of")?, r.try_get("message_id")?);
+    let message = json_object(&body).map_err(|e| StoreError::Corrupt {
+        table: "messages",
+        key: format!("{timeline_of}/{message_id}"),
+        why: format!("body: {e}"),
+    })?;
+    Ok(StoredMessage {
+        timeline_of,
+        convers_with: r.try_get("convers_with")?,
+        message_id,
+        status: r.try_get("status")?,
+        timestamp: r.try_get("timestamp")?,
+        message: Message::from_fields(message),
+    })
+}
