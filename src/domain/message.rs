@@ -113,11 +113,7 @@ impl Message {
     /// §3: a group message is one with `channel_type == "group"`, or with no `channel_type`
     /// and a recipient containing `group-` (compatibility with clients that omit it).
     pub fn is_group(&self, recipient: &str) -> bool {
-        match self.fields.get("channel_type") {
-            Some(Value::String(ct)) => ct == "group",
-            None | Some(Value::Null) => recipient.contains("group-"),
-            Some(_) => false,
-        }
+        is_group_channel(self.fields.get("channel_type"), recipient)
     }
 
     /// An inline group's member ids (`group.members`, §4.2), in order; `None` without a
@@ -185,6 +181,15 @@ impl Message {
 
     pub fn encode(&self) -> Vec<u8> {
         encode(&self.fields)
+    }
+}
+
+/// The §3 rule on a payload's `channel_type` and its recipient (see [`Message::is_group`]).
+pub fn is_group_channel(channel_type: Option<&Value>, recipient: &str) -> bool {
+    match channel_type {
+        Some(Value::String(ct)) => ct == "group",
+        None | Some(Value::Null) => recipient.contains("group-"),
+        Some(_) => false,
     }
 }
 

@@ -1,6 +1,7 @@
 //! The typed domain: ids validated once where they enter, the message with its engine-owned
 //! fields, groups, and the fixed set of rejection reasons. Pure data; no I/O.
 
+pub mod commands;
 pub mod conversation;
 pub mod group;
 pub mod ids;

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::domain::{AppId, Conversation, Message, RejectReason, UserId};
+use crate::domain::{AppId, Conversation, RejectReason, UserId};
 use crate::plan::{Plan, Publish, Write};
 use crate::topic::{ConversationEvent, Topics};
 
@@ -27,11 +27,8 @@ pub(super) fn update(
     app: &AppId,
     me: &UserId,
     with: &UserId,
-    payload: &Message,
+    is_new: bool,
 ) -> Result<Plan, RejectReason> {
-    let Some(is_new) = payload.fields().get("is_new").and_then(Value::as_bool) else {
-        return Err(RejectReason::Ignored);
-    };
     let key = topics.conversation_event(app, me, with, ConversationEvent::Updated)?;
     let update = json!({"is_new": is_new, "timelineOf": me, "conversWith": with});
     Ok(Plan {
@@ -47,9 +44,12 @@ pub(super) fn update(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::handlers::testing;
 
     fn update(t: &Topics, app: &str, me: &str, with: &str, body: &[u8]) -> Result<Plan, RejectReason> {
-        super::update(t, &app.into(), &me.into(), &with.into(), &Message::parse(body)?)
+        let key = t.conversation_update(app, me, with);
+        let body = std::str::from_utf8(body).unwrap();
+        testing::handled(t, &key, body, &[], &testing::settings()).map_err(|r| r.reason())
     }
 
     #[test]

@@ -2,33 +2,28 @@
 //! also refreshes the group cache from the write, so the next message sees the new
 //! membership), then tell every `notify_to` user.
 
-use serde_json::Value;
 use std::sync::Arc;
 
-use crate::domain::message::member_ids;
-use crate::domain::{AppId, Group, Message, RejectReason};
+use crate::domain::commands::GroupUpdate;
+use crate::domain::{AppId, Group, RejectReason};
 use crate::plan::{Context, Plan, Publish, Write};
 use crate::topic::Topics;
 
 pub(super) fn group_update(
     topics: &Topics,
     app: &AppId,
-    payload: &Message,
+    update: GroupUpdate,
     ctx: &Context,
 ) -> Result<Plan, RejectReason> {
-    let payload = payload.fields();
-    let Some(Value::Object(object)) = payload.get("group") else {
-        return Err(RejectReason::BadGroup);
-    };
-    let notify_to = match payload.get("notify_to") {
-        Some(v @ Value::Object(_)) => member_ids(v)?,
-        _ => return Err(RejectReason::BadGroup),
-    };
-    let group = Group::from_object(app, object, ctx.now_ms)?;
+    let GroupUpdate {
+        group: object,
+        notify_to,
+    } = update;
+    let group = Group::from_object(app, &object, ctx.now_ms)?;
     // The app is the topic's (fix D22), whatever `group.appId` says.
     let publishes = notify_to
         .iter()
-        .map(|m| Ok(Publish::json(topics.group_updated(app, m, &group.uid)?, object)))
+        .map(|m| Ok(Publish::json(topics.group_updated(app, m, &group.uid)?, &object)))
         .collect::<Result<Vec<_>, RejectReason>>()?;
     Ok(Plan {
         publishes,
@@ -68,7 +63,7 @@ mod tests {
                 "apps.tilechat.users.C.groups.g1.clientupdated"
             ]
         );
-        let v: Value = serde_json::from_slice(plan.publishes[0].bytes()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(plan.publishes[0].bytes()).unwrap();
         assert_eq!(v["name"], "N");
         let [Write::Group(g)] = plan.writes.as_slice() else {
             panic!()

@@ -15,6 +15,7 @@ mod typing;
 
 use std::collections::HashSet;
 
+use crate::domain::commands::{self, GroupUpdate, Typing};
 use crate::domain::{Message, RejectReason, UserId};
 use crate::plan::{Committed, Context, Plan, Publish, Rejection};
 use crate::topic::{Inbound, Topics};
@@ -38,31 +39,49 @@ pub struct Settings {
     pub presence: bool,
 }
 
-/// One input: what its routing key says, and its body parsed once, as its kind reads it.
+/// One input: what its routing key says, and its body parsed once into what it says.
 #[derive(Debug, Clone)]
 pub struct Input {
     pub inbound: Inbound,
     pub payload: Payload,
 }
 
+/// A body, parsed as its input's kind reads it.
 #[derive(Debug, Clone)]
 pub enum Payload {
-    /// A JSON object (a message, or a command's payload).
-    Object(Message),
-    /// History replay: the message, and the body it came in (published byte for byte).
+    /// I1: the message sent.
+    Message(Message),
+    /// I2: `{"status":200}`.
+    Received,
+    /// I3: the conversation's new `is_new`.
+    IsNew(bool),
+    /// I5: connected (true) or disconnected.
+    Connected(bool),
+    /// I6.
+    Typing(Typing),
+    /// I8.
+    GroupUpdate(GroupUpdate),
+    /// I9: the message, and the body it came in (published byte for byte).
     Replay(Message, Vec<u8>),
-    /// Archive and block commands: the payload is ignored (§6, §9).
+    /// I4 archive and I7 block commands: the payload is ignored (§6, §9).
     Ignored,
 }
 
 impl Input {
-    /// Parse `body` as `inbound`'s kind reads it: `NotJson` / `NotObject` when it must be an
-    /// object and is not.
+    /// Parse `body` as `inbound`'s kind reads it, or the reason it is unusable.
     pub fn parse(inbound: Inbound, body: &[u8]) -> Result<Input, RejectReason> {
-        let payload = match inbound {
-            Inbound::Archive { .. } | Inbound::Block { .. } => Payload::Ignored,
+        let payload = match &inbound {
+            Inbound::Send { .. } => Payload::Message(Message::parse(body)?),
+            Inbound::Receipt { .. } => {
+                commands::receipt(body)?;
+                Payload::Received
+            }
+            Inbound::ConversationUpdate { .. } => Payload::IsNew(commands::conversation_update(body)?),
+            Inbound::Presence { .. } => Payload::Connected(commands::presence(body)?),
+            Inbound::Typing { with, .. } => Payload::Typing(commands::typing(body, with)?),
+            Inbound::GroupUpdate { .. } => Payload::GroupUpdate(commands::group_update(body)?),
             Inbound::HistoryReplay { .. } => Payload::Replay(Message::parse(body)?, body.to_vec()),
-            _ => Payload::Object(Message::parse(body)?),
+            Inbound::Archive { .. } | Inbound::Block { .. } => Payload::Ignored,
         };
         Ok(Input { inbound, payload })
     }
@@ -70,49 +89,51 @@ impl Input {
     /// The group this input's handler needs to know about: the recipient of a group message,
     /// the group of group typing. The pipeline looks it up (cache, then store) first.
     pub fn group_needed(&self) -> Option<&UserId> {
-        let Payload::Object(msg) = &self.payload else {
-            return None;
-        };
-        match &self.inbound {
-            Inbound::Send { recipient, .. } if msg.is_group(recipient) => Some(recipient),
-            Inbound::Typing { with, .. } if msg.is_group(with) => Some(with),
+        match (&self.inbound, &self.payload) {
+            (Inbound::Send { recipient, .. }, Payload::Message(msg)) if msg.is_group(recipient) => Some(recipient),
+            (Inbound::Typing { with, .. }, Payload::Typing(t)) if t.in_group => Some(with),
             _ => None,
         }
     }
 }
 
-/// Decide what one input does.
+/// Decide what one input does. `payload` is the one [`Input::parse`] made for `inbound`.
 pub fn handle(topics: &Topics, inbound: &Inbound, payload: Payload, ctx: &Context) -> Result<Plan, Rejection> {
-    let msg = match payload {
-        Payload::Replay(msg, raw) => {
-            let Inbound::HistoryReplay {
+    match (inbound, payload) {
+        (Inbound::Send { app, sender, recipient }, Payload::Message(msg)) => {
+            send::send(topics, app, sender, recipient, msg, ctx)
+        }
+        (
+            Inbound::Receipt {
+                app,
+                me,
+                with,
+                message_id,
+            },
+            Payload::Received,
+        ) => Ok(receipt::receipt(topics, app, me, with, message_id)?),
+        (Inbound::ConversationUpdate { app, me, with }, Payload::IsNew(is_new)) => {
+            Ok(conversation::update(topics, app, me, with, is_new)?)
+        }
+        (Inbound::Archive { app, me, with }, Payload::Ignored) => Ok(archive::archive(app, me, with)),
+        (Inbound::Typing { app, me, with }, Payload::Typing(t)) => Ok(typing::typing(topics, app, me, with, &t, ctx)?),
+        (Inbound::GroupUpdate { app }, Payload::GroupUpdate(u)) => Ok(group_update::group_update(topics, app, u, ctx)?),
+        (
+            Inbound::HistoryReplay {
                 app,
                 inbox,
                 convers_with,
-            } = inbound
-            else {
-                return Err(RejectReason::BadPayload.into());
-            };
-            return Ok(history::replay(topics, app, inbox, convers_with, msg, raw)?);
+            },
+            Payload::Replay(msg, raw),
+        ) => Ok(history::replay(topics, app, inbox, convers_with, msg, raw)?),
+        (Inbound::Presence { app, user, client_id }, Payload::Connected(connected)) => {
+            Ok(presence::presence(app, user, client_id, connected, ctx)?)
         }
-        Payload::Object(msg) => msg,
-        Payload::Ignored => Message::default(),
-    };
-    match inbound {
-        Inbound::Send { app, sender, recipient } => send::send(topics, app, sender, recipient, msg, ctx),
-        Inbound::Receipt {
-            app,
-            me,
-            with,
-            message_id,
-        } => Ok(receipt::receipt(topics, app, me, with, message_id, &msg)?),
-        Inbound::ConversationUpdate { app, me, with } => Ok(conversation::update(topics, app, me, with, &msg)?),
-        Inbound::Archive { app, me, with } => Ok(archive::archive(app, me, with)),
-        Inbound::Typing { app, me, with } => Ok(typing::typing(topics, app, me, with, &msg, ctx)?),
-        Inbound::GroupUpdate { app } => Ok(group_update::group_update(topics, app, &msg, ctx)?),
-        Inbound::HistoryReplay { .. } => Err(RejectReason::BadPayload.into()),
-        Inbound::Presence { app, user, client_id } => Ok(presence::presence(app, user, client_id, &msg, ctx)?),
-        Inbound::Block { app, me, other, add } => Ok(blocks::block(topics, app, me, other, *add, ctx)?),
+        (Inbound::Block { app, me, other, add }, Payload::Ignored) => {
+            Ok(blocks::block(topics, app, me, other, *add, ctx)?)
+        }
+        // Only a payload that `Input::parse` made for another kind of input gets here.
+        _ => Err(RejectReason::BadPayload.into()),
     }
 }
 

@@ -3,28 +3,20 @@
 //! client ids per user (so a redelivered event changes nothing) and reports the online/offline
 //! transitions (fix D26: a user with two tabs stays online when one closes).
 
-use serde_json::Value;
-
-use crate::domain::{AppId, ClientId, Message, RejectReason, UserId};
+use crate::domain::{AppId, ClientId, RejectReason, UserId};
 use crate::plan::{Context, Plan, Write};
 
 pub(super) fn presence(
     app: &AppId,
     user: &UserId,
     client_id: &ClientId,
-    payload: &Message,
+    connected: bool,
     ctx: &Context,
 ) -> Result<Plan, RejectReason> {
     if !ctx.settings.presence {
         // Only reachable through a binding left by an earlier configuration.
         return Err(RejectReason::Unsupported);
     }
-    let yes = |k: &str| payload.fields().get(k) == Some(&Value::Bool(true));
-    let connected = match (yes("connected"), yes("disconnected")) {
-        (true, false) => true,
-        (false, true) => false,
-        _ => return Err(RejectReason::BadPayload),
-    };
     Ok(Plan::writes(vec![Write::Presence {
         app: app.clone(),
         user: user.clone(),

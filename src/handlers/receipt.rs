@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::domain::{status, AppId, Message, MessageId, RejectReason, UserId};
+use crate::domain::{status, AppId, MessageId, RejectReason, UserId};
 use crate::plan::{Committed, Plan, Publish, Write};
 use crate::topic::Topics;
 
@@ -13,11 +13,7 @@ pub(super) fn receipt(
     me: &UserId,
     with: &UserId,
     message_id: &MessageId,
-    payload: &Message,
 ) -> Result<Plan, RejectReason> {
-    if payload.status() != Some(status::RECEIVED) {
-        return Err(RejectReason::Ignored);
-    }
     // The other party (the message's sender) learns that its copy was received.
     let key = topics.receipt_updated(app, with, me, message_id)?;
     let update = json!({"timelineOf": with, "message_id": message_id, "status": status::RETURN_RECEIPT});
@@ -64,11 +60,13 @@ pub(super) fn group_receipts(topics: &Topics, committed: &Committed) -> Vec<Publ
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::handlers::testing;
     use serde_json::Value;
 
     fn receipt(t: &Topics, app: &str, me: &str, with: &str, id: &str, body: &[u8]) -> Result<Plan, RejectReason> {
-        let payload = Message::parse(body)?;
-        super::receipt(t, &app.into(), &me.into(), &with.into(), &id.into(), &payload)
+        let key = t.receipt(app, me, with, id);
+        let body = std::str::from_utf8(body).unwrap();
+        testing::handled(t, &key, body, &[], &testing::settings()).map_err(|r| r.reason())
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //! other party, or to every member of a group but the typist. Transient (delivery_mode 1) and
 //! never persisted: a typing indicator is worthless a few seconds later.
 
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::domain::{AppId, Message, RejectReason, UserId};
+use crate::domain::commands::Typing;
+use crate::domain::{AppId, RejectReason, UserId};
 use crate::plan::{Context, Plan, Publish};
 use crate::topic::Topics;
 
@@ -13,13 +14,10 @@ pub(super) fn typing(
     app: &AppId,
     me: &UserId,
     with: &UserId,
-    payload: &Message,
+    payload: &Typing,
     ctx: &Context,
 ) -> Result<Plan, RejectReason> {
-    let Some(typing) = payload.fields().get("typing").and_then(Value::as_bool) else {
-        return Err(RejectReason::BadPayload);
-    };
-    let note = json!({"user_id": me, "typing": typing});
+    let note = json!({"user_id": me, "typing": payload.typing});
     // Transient, and subject to the receiver's block list (§9: S is left out of R's typing).
     let transient = |key: String, to: &UserId| {
         let mut p = Publish::json(key, &note);
@@ -27,7 +25,7 @@ pub(super) fn typing(
         p.to = Some(to.clone());
         p
     };
-    if !payload.is_group(with) {
+    if !payload.in_group {
         return Ok(Plan::publishes(vec![transient(
             topics.typing_updated(app, with, me)?,
             with,
@@ -69,7 +67,7 @@ mod tests {
         assert_eq!(p.key, "apps.t.users.B.typing.A.clientupdated");
         assert!(!p.persistent && p.timeline_copy().is_none());
         assert_eq!(
-            serde_json::from_slice::<Value>(p.bytes()).unwrap(),
+            serde_json::from_slice::<serde_json::Value>(p.bytes()).unwrap(),
             json!({"user_id":"A","typing":true})
         );
         assert!(plan.writes.is_empty());

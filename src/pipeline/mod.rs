@@ -124,15 +124,18 @@ impl Pipeline {
             Some(uid) => self.group(uid, lookups, shutdown).await?,
             None => None,
         };
-        let fresh_id = || uuid::Uuid::new_v4().to_string();
-        let ctx = Context {
-            now_ms,
-            fresh_id: &fresh_id,
-            group,
-            settings: &self.settings,
-        };
         let Input { inbound, payload } = input;
-        let plan = match crate::handlers::handle(&self.topics, &inbound, payload, &ctx) {
+        let handled = {
+            let fresh_id = || uuid::Uuid::new_v4().to_string();
+            let ctx = Context {
+                now_ms,
+                fresh_id: &fresh_id,
+                group,
+                settings: &self.settings,
+            };
+            crate::handlers::handle(&self.topics, &inbound, payload, &ctx)
+        };
+        let plan = match handled {
             Ok(plan) => plan,
             Err(rejection) => return Some(Err(rejection)),
         };

@@ -280,8 +280,17 @@ async fn rejections_are_decisions() {
     };
     assert_eq!(reason, RejectReason::NotAMember);
     assert!(matches!(notice.body, Body::Json(_)), "a notice is not a timeline copy");
-    let dropped = decide(&p, &store, &t.receipt("t", "A", "B", "m1"), r#"{"status":300}"#).await;
-    assert_eq!(dropped.unwrap_err(), Rejection::Drop(RejectReason::Ignored));
+    let dropped = decide(
+        &p,
+        &store,
+        &t.group_update("t"),
+        r#"{"group":{"name":"no uid"},"notify_to":{}}"#,
+    )
+    .await;
+    assert_eq!(dropped.unwrap_err(), Rejection::Drop(RejectReason::BadGroup));
+    // A payload that says nothing is rejected before any lookup.
+    let ignored = Input::parse(t.parse(&t.receipt("t", "A", "B", "m1")).unwrap(), br#"{"status":300}"#);
+    assert_eq!(ignored.unwrap_err(), RejectReason::Ignored);
 }
 
 #[tokio::test]

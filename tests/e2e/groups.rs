@@ -1,5 +1,6 @@
 //! Groups, group updates, history replay, typing and presence end to end (PROTOCOL §4, §7):
-//! real MQTT clients with minted JWTs, trusted-service inputs published over AMQP.
+//! real MQTT clients with minted JWTs, trusted-service inputs published over AMQP, against
+//! an in-process engine (`EngineTask`: the same assembly and code as the binary).
 
 use crate::common::*;
 use chat21_engine::domain::UserId;
@@ -11,7 +12,7 @@ fn ids(users: &[&str]) -> Map<String, Value> {
 }
 
 /// What a group-managing service does: publish a group update on the observer topic.
-async fn group_update(b: &Broker, e: &EngineProc, uid: &str, members: &[&str], notify_to: &[&str]) {
+async fn group_update(b: &Broker, e: &Running, uid: &str, members: &[&str], notify_to: &[&str]) {
     let body = json!({
         "group": {"uid": uid, "name": "Team", "owner": members.first(), "members": ids(members),
                   "attributes": {"kind": "test"}},
@@ -22,7 +23,7 @@ async fn group_update(b: &Broker, e: &EngineProc, uid: &str, members: &[&str], n
 
 async fn stored_group_of_three(db: Db) {
     let b = broker();
-    let e = engine_with(b, db, &[]).await;
+    let e = engine_task_with(b, db, &[]).await;
     let app = e.app.clone();
     let (a, bb, c) = (fresh("A"), fresh("B"), fresh("C"));
     let g = fresh("group-");
@@ -104,20 +105,20 @@ async fn stored_group_of_three(db: Db) {
     nothing_more(&mut cl).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_group_of_three_sqlite() {
     stored_group_of_three(Db::Sqlite).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_group_of_three_postgres() {
     stored_group_of_three(Db::Postgres).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inline_group_reaches_listed_members_and_sender() {
     let b = broker();
-    let e = EngineProc::start(b, &[]).await;
+    let e = EngineTask::start(b, &[]).await;
     let (s, p, q, other) = (fresh("S"), fresh("P"), fresh("Q"), fresh("O"));
     let g = fresh("group-");
     let mut cl = inboxes(b, &e, &[&s, &p, &q, &other]).await;
@@ -139,10 +140,10 @@ async fn inline_group_reaches_listed_members_and_sender() {
         .is_none());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_group_reaches_sender_and_group_timeline() {
     let b = broker();
-    let e = EngineProc::start(b, &[]).await;
+    let e = EngineTask::start(b, &[]).await;
     let app = e.app.clone();
     let s = fresh("S");
     // No channel_type: detected as a group by the `group-` compat rule.
@@ -162,10 +163,10 @@ async fn transient_group_reaches_sender_and_group_timeline() {
     nothing_more(&mut cl).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hidden_for_skips_only_that_member() {
     let b = broker();
-    let e = EngineProc::start(b, &[]).await;
+    let e = EngineTask::start(b, &[]).await;
     let (a, bb, c) = (fresh("A"), fresh("B"), fresh("C"));
     let g = fresh("group-");
     let mut cl = inboxes(b, &e, &[&a, &bb, &c]).await;
@@ -186,10 +187,10 @@ async fn hidden_for_skips_only_that_member() {
     nothing_more(&mut cl).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_member_is_refused_and_told() {
     let b = broker();
-    let e = EngineProc::start(b, &[]).await;
+    let e = EngineTask::start(b, &[]).await;
     let app = e.app.clone();
     let (a, bb, x) = (fresh("A"), fresh("B"), fresh("X"));
     let g = fresh("group-");
@@ -219,11 +220,11 @@ async fn non_member_is_refused_and_told() {
     assert!(store.messages(&g, &g, 10).await.unwrap().is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trusted_sender_reaches_a_group_it_is_not_in() {
     let b = broker();
     let bot = fresh("bot");
-    let e = EngineProc::start(b, &[("TRUSTED_SENDERS", &format!("system,{bot}"))]).await;
+    let e = EngineTask::start(b, &[("TRUSTED_SENDERS", &format!("system,{bot}"))]).await;
     let (a, g) = (fresh("A"), fresh("group-"));
     let mut cl = inboxes(b, &e, &[&a, &bot]).await;
     group_update(b, &e, &g, &[&a], &[]).await;
@@ -235,11 +236,11 @@ async fn trusted_sender_reaches_a_group_it_is_not_in() {
 /// 100 messages to two groups in pairs (g1 g1 g2 g2 …), with a cache that holds one group:
 /// every switch misses and reads the store, the second of a pair hits. Then a membership
 /// change that must apply from the very next message.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_messages_keep_their_order_through_cache_misses_and_updates() {
     let b = broker();
     // Each group weighs 4 (1 + 3 members): the cache holds one of them at a time.
-    let e = EngineProc::start(b, &[("GROUP_CACHE_SIZE", "4")]).await;
+    let e = EngineTask::start(b, &[("GROUP_CACHE_SIZE", "4")]).await;
     let (a, bb, c, d) = (fresh("A"), fresh("B"), fresh("C"), fresh("D"));
     let (g1, g2) = (fresh("group-1-"), fresh("group-2-"));
     let mut cl = inboxes(b, &e, &[&a, &bb, &d]).await;
@@ -286,10 +287,10 @@ async fn group_messages_keep_their_order_through_cache_misses_and_updates() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_replay_delivers_unchanged_and_persists() {
     let b = broker();
-    let e = EngineProc::start(b, &[]).await;
+    let e = EngineTask::start(b, &[]).await;
     let app = e.app.clone();
     let (inbox, with) = (fresh("I"), fresh("C"));
     let mut cl = inboxes(b, &e, &[&inbox]).await;
@@ -322,10 +323,10 @@ async fn history_replay_delivers_unchanged_and_persists() {
     assert_eq!(rows[0].message_id, id);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_direct_and_group_is_transient() {
     let b = broker();
-    let e = EngineProc::start(b, &[]).await;
+    let e = EngineTask::start(b, &[]).await;
     let app = e.app.clone();
     let (a, bb, c) = (fresh("A"), fresh("B"), fresh("C"));
     let g = fresh("group-");
@@ -362,7 +363,7 @@ async fn typing_direct_and_group_is_transient() {
 
 async fn presence_with_two_clients(db: Db) {
     let b = broker();
-    let e = engine_with(b, db, &[("PRESENCE_ENABLED", "true")]).await;
+    let e = engine_task_with(b, db, &[("PRESENCE_ENABLED", "true")]).await;
     let app = e.app.clone();
     let u = fresh("U");
     let store = open_store(&e.database_url).await;
@@ -393,20 +394,20 @@ async fn presence_with_two_clients(db: Db) {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_with_two_clients_sqlite() {
     presence_with_two_clients(Db::Sqlite).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_with_two_clients_postgres() {
     presence_with_two_clients(Db::Postgres).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_group_payloads_are_rejected_without_disturbing_traffic() {
     let b = broker();
-    let e = EngineProc::start(b, &[]).await;
+    let e = EngineTask::start(b, &[]).await;
     let (a, bb) = (fresh("A"), fresh("B"));
     let g = fresh("group-");
     let mut cl = inboxes(b, &e, &[&a, &bb]).await;

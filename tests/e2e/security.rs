@@ -4,10 +4,10 @@ use crate::common::*;
 use lapin::options::{BasicConsumeOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
 use std::time::Duration;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_user_can_use_own_topics_only() {
     let b = broker();
-    let engine = EngineProc::start(b, &[]).await;
+    let engine = EngineTask::start(b, &[]).await;
     let app = engine.app.clone();
     let (u1, u2) = (fresh("u"), fresh("u"));
     let t = engine.topics();
@@ -63,7 +63,7 @@ async fn mqtt_user_can_use_own_topics_only() {
     assert!(forged.is_empty(), "forged publishes were routed: {forged:?}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tokens_cannot_log_in() {
     let b = broker();
     let app = fresh("app");
@@ -97,10 +97,10 @@ fn expired_token(b: &Broker, app: &str, user: &str) -> String {
 
 /// A user token used over AMQP (BROKER.md security finding) reaches neither the engine's
 /// queue nor any queue but an MQTT session's, and cannot bind to another user's inbox.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqp_user_token_cannot_reach_engine_queue_or_other_queues() {
     let b = broker();
-    let engine = EngineProc::start(b, &[]).await;
+    let engine = EngineTask::start(b, &[]).await;
     let (u1, u2) = (fresh("u"), fresh("u"));
     let token = b.token(&engine.app, &u1);
     let uri = format!("amqp://{u1}:{token}@127.0.0.1:{}/%2f", b.amqp_port);

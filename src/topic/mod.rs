@@ -5,6 +5,8 @@
 //! leading empty word and a `.` inside an id splits it into two words. Inputs are dispatched
 //! by a full parse of every word, never by suffix matching.
 
+mod inputs;
+
 use crate::config::TopicLayout;
 use crate::domain::{AppId, ClientId, MessageId, RejectReason, UserId};
 
@@ -292,55 +294,6 @@ impl Topics {
     pub fn block_event(&self, app: &str, me: &str, other: &str, add: bool) -> Result<String, RejectReason> {
         let verb = if add { "clientadded" } else { "clientdeleted" };
         checked(format!("apps.{app}.users.{me}.blocks.{other}.{verb}"))
-    }
-
-    /// The key a user blocks (`add`) or unblocks another on (clients and tests).
-    pub fn block(&self, app: &str, me: &str, other: &str, add: bool) -> String {
-        let verb = if add { "add" } else { "remove" };
-        format!("apps.{app}.users.{me}.blocks.{other}.{verb}")
-    }
-
-    /// The key a user's client announces typing on (clients and tests).
-    pub fn typing(&self, app: &str, me: &str, with: &str) -> String {
-        format!("apps.{app}.users.{me}.typing.{with}")
-    }
-
-    /// The key a user's client announces its connection on (clients and tests).
-    pub fn presence(&self, app: &str, user: &str, client_id: &str) -> String {
-        format!("apps.{app}.users.{user}.presence.{client_id}")
-    }
-
-    /// The key a trusted service publishes a group update on (services and tests).
-    pub fn group_update(&self, app: &str) -> String {
-        format!("apps.observer.{app}.groups.update")
-    }
-
-    /// The key a trusted service replays a message into `inbox`'s timeline on.
-    pub fn history_replay(&self, app: &str, inbox: &str, convers_with: &str) -> String {
-        format!("apps.observer.{app}.users.{inbox}.messages.{convers_with}.delivered")
-    }
-
-    /// The key a user archives a conversation with (clients and tests).
-    pub fn archive(&self, app: &str, me: &str, with: &str) -> String {
-        format!("apps.{app}.users.{me}.conversations.{with}.archive")
-    }
-
-    /// The key a user publishes a receipt on (clients and tests).
-    pub fn receipt(&self, app: &str, me: &str, with: &str, message_id: &str) -> String {
-        format!("apps.{app}.users.{me}.messages.{with}.{message_id}.update")
-    }
-
-    /// The key a user publishes a conversation update on (clients and tests).
-    pub fn conversation_update(&self, app: &str, me: &str, with: &str) -> String {
-        format!("apps.{app}.users.{me}.conversations.{with}.update")
-    }
-
-    /// The key a user publishes a message on (clients and tests; the engine only parses it).
-    pub fn outgoing(&self, sender: &str, recipient: &str) -> String {
-        match &self.layout {
-            Layout::Chat21 { app } => format!("apps.{app}.outgoing.users.{sender}.messages.{recipient}.outgoing"),
-            Layout::Seed { seed, .. } => format!("{}.{sender}.{recipient}.messages.outgoing", seed.prefix),
-        }
     }
 }
 

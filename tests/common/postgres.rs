@@ -1,0 +1,144 @@
+//! PostgreSQL for the tests: a fresh schema in the machine's server, or a private server
+//! that a test can stop and start.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use super::{free_port, fresh};
+
+/// A fresh PostgreSQL schema in the machine's database `test`; returns a DATABASE_URL whose
+/// connections use it (tests never see each other's tables).
+pub async fn fresh_pg_schema() -> String {
+    let base = std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = fresh("t");
+    let pool = sqlx::PgPool::connect(&base)
+        .await
+        .expect("the machine's PostgreSQL (database test)");
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    format!("{base}?options[search_path]={schema}")
+}
+
+/// A private PostgreSQL server (initdb in a temp dir, trust auth, a free loopback port) that
+/// tests can stop and start to simulate a store outage. Runs as the `postgres` system user
+/// (PostgreSQL refuses to run as root). Stopped on drop.
+pub struct PrivatePg {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+impl PrivatePg {
+    pub fn start() -> PrivatePg {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries in /usr/lib/postgresql")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .max()
+            .unwrap();
+        let dir = tempfile::Builder::new().prefix("chat21-pg-").tempdir().unwrap();
+        let st = Command::new("chown")
+            .arg("-R")
+            .arg("postgres:postgres")
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let pg = PrivatePg {
+            port: free_port(),
+            dir,
+            bin,
+        };
+        pg.as_postgres(&[
+            pg.bin.join("initdb").to_str().unwrap(),
+            "-D",
+            pg.data().to_str().unwrap(),
+            "--auth=trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+        ]);
+        pg.resume();
+        pg
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn as_postgres(&self, args: &[&str]) {
+        let out = Command::new("runuser")
+            .arg("-u")
+            .arg("postgres")
+            .arg("--")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stop the server (fast shutdown: connections are cut).
+    pub fn halt(&self) {
+        let ctl = self.bin.join("pg_ctl");
+        self.as_postgres(&[
+            ctl.to_str().unwrap(),
+            "-D",
+            self.data().to_str().unwrap(),
+            "-m",
+            "fast",
+            "-w",
+            "stop",
+        ]);
+    }
+
+    pub fn resume(&self) {
+        let ctl = self.bin.join("pg_ctl");
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("pg.log");
+        self.as_postgres(&[
+            ctl.to_str().unwrap(),
+            "-D",
+            self.data().to_str().unwrap(),
+            "-o",
+            &opts,
+            "-l",
+            log.to_str().unwrap(),
+            "-w",
+            "start",
+        ]);
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let ctl = self.bin.join("pg_ctl");
+        let _ = Command::new("runuser")
+            .args([
+                "-u",
+                "postgres",
+                "--",
+                ctl.to_str().unwrap(),
+                "-D",
+                self.data().to_str().unwrap(),
+                "-m",
+                "immediate",
+                "stop",
+            ])
+            .output();
+    }
+}
