@@ -159,6 +159,7 @@ pub struct Committed {
 }
 
 impl Committed {
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.archived.is_empty()
             && self.unarchived.is_empty()

@@ -54,9 +54,7 @@ where
 {
     let mut delays = backoff.delays();
     loop {
-        if shutdown.is_cancelled() {
-            return None;
-        }
+        // Tried even during shutdown: a drain still settles what the store can answer.
         match attempt().await {
             Ok(v) => return Some(v),
             Err(e) => failed(&e),

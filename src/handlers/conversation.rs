@@ -12,7 +12,7 @@ use crate::topic::{ConversationEvent, Topics};
 /// `archived`).
 pub fn object(conv: &Conversation) -> Map<String, Value> {
     let mut c = conv.last.fields().clone();
-    let text = conv.last.text().map_or(Value::Null, Value::from);
+    let text = conv.last.fields().get("text").cloned().unwrap_or(Value::Null);
     c.insert("last_message_text".into(), text);
     c.insert("key".into(), conv.convers_with.as_str().into());
     c.insert("timelineOf".into(), conv.timeline_of.as_str().into());

@@ -55,8 +55,9 @@ pub enum Payload {
     Received,
     /// I3: the conversation's new `is_new`.
     IsNew(bool),
-    /// I5: connected (true) or disconnected.
-    Connected(bool),
+    /// I5: connected (true) or disconnected — or why the payload says neither, reported
+    /// only when presence is on (with it off, every presence input is `Unsupported`).
+    Presence(Result<bool, RejectReason>),
     /// I6.
     Typing(Typing),
     /// I8.
@@ -77,7 +78,7 @@ impl Input {
                 Payload::Received
             }
             Inbound::ConversationUpdate { .. } => Payload::IsNew(commands::conversation_update(body)?),
-            Inbound::Presence { .. } => Payload::Connected(commands::presence(body)?),
+            Inbound::Presence { .. } => Payload::Presence(commands::presence(body)),
             Inbound::Typing { with, .. } => Payload::Typing(commands::typing(body, with)?),
             Inbound::GroupUpdate { .. } => Payload::GroupUpdate(commands::group_update(body)?),
             Inbound::HistoryReplay { .. } => Payload::Replay(Message::parse(body)?, body.to_vec()),
@@ -126,7 +127,7 @@ pub fn handle(topics: &Topics, inbound: &Inbound, payload: Payload, ctx: &Contex
             },
             Payload::Replay(msg, raw),
         ) => Ok(history::replay(topics, app, inbox, convers_with, msg, raw)?),
-        (Inbound::Presence { app, user, client_id }, Payload::Connected(connected)) => {
+        (Inbound::Presence { app, user, client_id }, Payload::Presence(connected)) => {
             Ok(presence::presence(app, user, client_id, connected, ctx)?)
         }
         (Inbound::Block { app, me, other, add }, Payload::Ignored) => {

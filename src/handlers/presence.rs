@@ -10,13 +10,14 @@ pub(super) fn presence(
     app: &AppId,
     user: &UserId,
     client_id: &ClientId,
-    connected: bool,
+    connected: Result<bool, RejectReason>,
     ctx: &Context,
 ) -> Result<Plan, RejectReason> {
     if !ctx.settings.presence {
         // Only reachable through a binding left by an earlier configuration.
         return Err(RejectReason::Unsupported);
     }
+    let connected = connected?;
     Ok(Plan::writes(vec![Write::Presence {
         app: app.clone(),
         user: user.clone(),
@@ -63,9 +64,8 @@ mod tests {
             presence: false,
             ..settings()
         };
-        assert_eq!(
-            run(r#"{"connected":true}"#, &off).unwrap_err(),
-            RejectReason::Unsupported
-        );
+        for body in [r#"{"connected":true}"#, "not json", "{}"] {
+            assert_eq!(run(body, &off).unwrap_err(), RejectReason::Unsupported, "{body}");
+        }
     }
 }

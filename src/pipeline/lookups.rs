@@ -9,6 +9,11 @@ use crate::domain::{AppId, Group, UserId};
 use crate::store::{Store, StoreError};
 
 pub trait Lookups: Sync {
+    /// Reads go to a store (counted as store reads in the cache metrics).
+    fn is_a_store(&self) -> bool {
+        true
+    }
+
     /// A stored group, if any.
     fn group(&self, uid: &UserId) -> impl Future<Output = Result<Option<Group>, StoreError>> + Send;
 
@@ -40,6 +45,10 @@ impl Lookups for Store {
 pub struct NoStore;
 
 impl Lookups for NoStore {
+    fn is_a_store(&self) -> bool {
+        false
+    }
+
     async fn group(&self, _uid: &UserId) -> Result<Option<Group>, StoreError> {
         Ok(None)
     }
@@ -54,6 +63,10 @@ impl Lookups for NoStore {
 }
 
 impl<L: Lookups> Lookups for Option<L> {
+    fn is_a_store(&self) -> bool {
+        self.as_ref().is_some_and(L::is_a_store)
+    }
+
     async fn group(&self, uid: &UserId) -> Result<Option<Group>, StoreError> {
         match self {
             Some(l) => l.group(uid).await,

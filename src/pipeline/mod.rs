@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{AppId, Group, RejectReason, UserId};
+use crate::domain::{AppId, Group, UserId};
 use crate::events::{Event, Events};
 use crate::handlers::{Input, Settings};
 use crate::metrics::{CacheKind, Metrics};
@@ -104,11 +104,6 @@ impl Pipeline {
 
     pub fn chain(&self) -> &Chain {
         &self.chain
-    }
-
-    /// A routing key and its body → a typed input, or why not.
-    pub fn parse(&self, key: &str, body: &[u8]) -> Result<Input, RejectReason> {
-        Input::parse(self.topics.parse(key)?, body)
     }
 
     /// Decide what `input` does. Store reads are retried until the store answers; `None`:
@@ -203,7 +198,9 @@ impl Pipeline {
             self.metrics.lookups(CacheKind::Groups, true, 1);
             return Some(g);
         }
-        self.metrics.lookups(CacheKind::Groups, false, 1);
+        if lookups.is_a_store() {
+            self.metrics.lookups(CacheKind::Groups, false, 1);
+        }
         let group = match read("group", shutdown, || lookups.group(uid)).await? {
             Ok(group) => group.map(Arc::new),
             // Retrying cannot fix it, and one bad row must not stall every input behind it:

@@ -51,8 +51,15 @@ pub(super) async fn of_users(
             q = q.bind(u.as_str());
         }
         for r in q.fetch_all(pool).await? {
-            let (user, other) = row_ids(r.try_get(0)?, r.try_get(1)?)?;
-            out.entry(user).or_default().insert(other);
+            // Read on the hot path for every receiver: one bad row must not make every list
+            // of the batch unreadable. A blocked id that is not an id never matches a sender
+            // (senders are ids), so leaving the row out changes no decision.
+            match row_ids(r.try_get(0)?, r.try_get(1)?) {
+                Ok((user, other)) => {
+                    out.entry(user).or_default().insert(other);
+                }
+                Err(e) => tracing::error!(error = %e, "block-list row left out"),
+            }
         }
     }
     Ok(out)

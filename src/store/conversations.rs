@@ -5,7 +5,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::batch::WriteIndex;
-use super::sql::{get_bool, json, json_object, placeholders, Dialect, Tx};
+use super::sql::{bind_copy, get_bool, json, json_object, placeholders, Dialect, Tx};
 use super::StoreError;
 use crate::domain::{Conversation, Message, UserId};
 use crate::plan::TimelineCopy;
@@ -74,18 +74,7 @@ pub(super) async fn upsert(
     let mut q = sqlx::query(&sql);
     for (_, c) in rows {
         let m = c.message();
-        q = q
-            .bind(c.timeline_of.as_str())
-            .bind(c.convers_with.as_str())
-            .bind(m.app_id().unwrap_or_default())
-            .bind(m.message_id().unwrap_or_default())
-            .bind(m.sender())
-            .bind(m.recipient())
-            .bind(m.status().unwrap_or_default())
-            .bind(m.timestamp())
-            .bind(m.text())
-            .bind(m.kind())
-            .bind(m.channel_type())
+        q = bind_copy(q, c)
             .bind(m.attributes().map(serde_json::Value::to_string))
             .bind(c.is_new)
             .bind(json(m.fields()));
@@ -110,12 +99,14 @@ pub(super) async fn set_is_new(
     Ok(())
 }
 
-/// Archive a conversation; returns it as it is now (none if it does not exist).
+/// Archive a conversation; returns it as it is now (none if it does not exist, or if its row
+/// does not parse: inside a write, failing would fail the whole batch on every retry, so a
+/// corrupt row is archived, logged, and not published).
 pub(super) async fn archive(
     tx: &mut Tx<'_>,
     timeline_of: &str,
     convers_with: &str,
-) -> Result<Option<Conversation>, StoreError> {
+) -> Result<Option<Conversation>, sqlx::Error> {
     sqlx::query("UPDATE conversations SET archived = TRUE WHERE timeline_of = $1 AND convers_with = $2")
         .bind(timeline_of)
         .bind(convers_with)
@@ -128,7 +119,14 @@ pub(super) async fn archive(
     .bind(convers_with)
     .fetch_optional(&mut **tx)
     .await?;
-    row.as_ref().map(conversation).transpose()
+    match row.as_ref().map(conversation).transpose() {
+        Ok(conv) => Ok(conv),
+        Err(StoreError::Db(e)) => Err(e),
+        Err(e) => {
+            tracing::error!(error = %e, "archived conversation unreadable; not published");
+            Ok(None)
+        }
+    }
 }
 
 /// A timeline's conversations, active or archived, newest first (at most `limit`).

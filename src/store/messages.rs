@@ -5,7 +5,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::batch::WriteIndex;
-use super::sql::{json, json_object, placeholders, Dialect, Tx};
+use super::sql::{bind_copy, json, json_object, placeholders, Dialect, Tx};
 use super::StoreError;
 use crate::domain::{status, AppId, Message, MessageId, UserId};
 use crate::plan::{GroupReceipt, TimelineCopy};
@@ -28,26 +28,13 @@ pub(super) async fn insert(
     rows: &[(WriteIndex, &TimelineCopy)],
 ) -> Result<(), sqlx::Error> {
     let sql = format!(
-        "INSERT INTO messages (timeline_of, message_id, convers_with, app_id, sender, recipient, status, timestamp, \
+        "INSERT INTO messages (timeline_of, convers_with, app_id, message_id, sender, recipient, status, timestamp, \
          text, type, channel_type, body) VALUES {} ON CONFLICT (timeline_of, message_id) DO NOTHING",
         placeholders(dialect, rows.len(), 12, None)
     );
     let mut q = sqlx::query(&sql);
     for (_, c) in rows {
-        let m = c.message();
-        q = q
-            .bind(c.timeline_of.as_str())
-            .bind(m.message_id().unwrap_or_default())
-            .bind(c.convers_with.as_str())
-            .bind(m.app_id().unwrap_or_default())
-            .bind(m.sender())
-            .bind(m.recipient())
-            .bind(m.status().unwrap_or_default())
-            .bind(m.timestamp())
-            .bind(m.text())
-            .bind(m.kind())
-            .bind(m.channel_type())
-            .bind(json(m.fields()));
+        q = bind_copy(q, c).bind(json(c.message().fields()));
     }
     q.execute(&mut **tx).await?;
     Ok(())
@@ -90,11 +77,12 @@ pub(super) async fn group_receipt(
     let Some(sender) = sender.filter(|s| convers_with != s && reader != s) else {
         return Ok(None);
     };
-    let sender = UserId::parse(&sender).map_err(|_| StoreError::Corrupt {
-        table: "messages",
-        key: format!("{convers_with}/{message_id}"),
-        why: format!("sender {sender:?} is not an id"),
-    })?;
+    // Inside a write: failing here would fail the whole batch on every retry. A sender that
+    // is not an id (a replayed message carries its sender unchecked) cannot be told anyway.
+    let Ok(sender) = UserId::parse(&sender) else {
+        tracing::error!(group = %convers_with, message_id = %message_id, sender, "stored sender is not an id; receipt not passed on");
+        return Ok(None);
+    };
     raise_status(tx, &sender, message_id, status::RETURN_RECEIPT).await?;
     Ok(Some(GroupReceipt {
         app: app.clone(),

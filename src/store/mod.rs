@@ -414,6 +414,48 @@ mod tests {
         assert!(corrupt(store.group(&"g".into()).await.unwrap_err()));
     }
 
+    /// Inside a write a corrupt row never fails the batch (it would fail on every retry and
+    /// stop every commit after it); on the hot path a bad block row is left out.
+    #[tokio::test]
+    async fn corrupt_rows_never_stall_writes() {
+        let (_dir, store) = temp_store().await;
+        let m = serde_json::json!({"message_id": "m", "sender": "not an id", "timestamp": 1});
+        let replayed = TimelineCopy {
+            timeline_of: "G".into(),
+            convers_with: "G".into(),
+            is_new: false,
+            message: Sealed::new(Message::from_fields(m.as_object().unwrap().clone())),
+        };
+        apply(&store, &[Write::Message(replayed)]).await;
+        let receipt = Write::GroupReceipt {
+            app: "a".into(),
+            reader: "R".into(),
+            convers_with: "G".into(),
+            message_id: "m".into(),
+        };
+        assert!(apply(&store, &[receipt]).await.take(0..1).is_empty());
+        apply(&store, &stored(&copy("A", "B", "m1", 1, "x", true))).await;
+        sqlx::query("UPDATE conversations SET body = 'broken'")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let archive = Write::Archive {
+            app: "a".into(),
+            timeline_of: "A".into(),
+            convers_with: "B".into(),
+        };
+        assert!(
+            apply(&store, &[archive]).await.take(0..1).is_empty(),
+            "archived, not published"
+        );
+        sqlx::query("INSERT INTO blocks (app_id, user_id, other_id, created_on) VALUES ('a', 'U', 'x y', 1), ('a', 'U', 'V', 2)")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let lists = store.blocks_of(&"a".into(), &["U".into()]).await.unwrap();
+        assert_eq!(lists[&UserId::from("U")], HashSet::from(["V".into()]));
+    }
+
     #[tokio::test]
     async fn groups_round_trip_in_member_order() {
         let (_dir, store) = temp_store().await;

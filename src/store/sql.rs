@@ -7,6 +7,27 @@ use sqlx::Row;
 
 pub(super) type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 
+pub(super) type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// Bind what every stored copy of a message fills, in this order: timeline_of,
+/// convers_with, app_id, message_id, sender, recipient, status, timestamp, text, type,
+/// channel_type — the first eleven columns of both the `messages` and the `conversations`
+/// inserts, in this order (the text column is `last_message_text` in `conversations`).
+pub(super) fn bind_copy<'q>(q: Query<'q>, c: &'q crate::plan::TimelineCopy) -> Query<'q> {
+    let m = c.message();
+    q.bind(c.timeline_of.as_str())
+        .bind(c.convers_with.as_str())
+        .bind(m.app_id().unwrap_or_default())
+        .bind(m.message_id().unwrap_or_default())
+        .bind(m.sender())
+        .bind(m.recipient())
+        .bind(m.status().unwrap_or_default())
+        .bind(m.timestamp())
+        .bind(m.text())
+        .bind(m.kind())
+        .bind(m.channel_type())
+}
+
 /// Which SQL dialect the store speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
