@@ -27,16 +27,15 @@ impl Backoff {
         Backoff { min, max }
     }
 
-    /// A fresh sequence of delays (endless).
+    /// A fresh sequence of delays (endless; the jitter adds at most the delay itself, so none
+    /// is longer than twice `max`).
     pub fn delays(&self) -> impl Iterator<Item = Duration> {
-        let max = self.max;
         ExponentialBuilder::default()
             .with_min_delay(self.min)
             .with_max_delay(self.max)
             .with_jitter()
             .without_max_times()
             .build()
-            .map(move |d| d.min(max * 2))
     }
 }
 
