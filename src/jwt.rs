@@ -9,6 +9,9 @@ use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, 
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::domain::{AppId, UserId};
+use crate::topic::{Topics, UserTopics};
+
 /// The OAuth2 resource server id the broker is configured with.
 pub const RESOURCE_SERVER_ID: &str = "rabbitmq";
 
@@ -32,8 +35,8 @@ pub struct Claims {
 pub enum JwtError {
     #[error("JWT_SECRET is not set")]
     NoSecret,
-    #[error("invalid user id {0:?}")]
-    InvalidUser(String),
+    #[error("the seed layout serves one app: a token for {0:?} would carry {1:?}'s topics (PATH_PREFIX)")]
+    OtherApp(String, String),
     #[error("token: {0}")]
     Token(#[from] jsonwebtoken::errors::Error),
 }
@@ -58,12 +61,16 @@ impl Minter {
         Ok(Self::new(secret.expose(), &cfg.jwt.kid))
     }
 
-    /// A user token for `user` in `app`, valid for `ttl`.
-    pub fn user_token(&self, app: &str, user: &str, ttl: Duration) -> Result<String, JwtError> {
-        if !crate::domain::is_valid_id(user) {
-            return Err(JwtError::InvalidUser(user.to_owned()));
+    /// A user token for `user` in `app`, valid for `ttl`, with the scopes `topics` (the
+    /// configured layout) gives a client: its own inputs and its own inbox, nothing else.
+    pub fn user_token(&self, topics: &Topics, app: &AppId, user: &UserId, ttl: Duration) -> Result<String, JwtError> {
+        if let Some(only) = topics.only_app() {
+            if only != app {
+                return Err(JwtError::OtherApp(app.to_string(), only.to_string()));
+            }
         }
-        let claims = self.claims(user, app, user_scopes(app, user), "user", ttl);
+        let scopes = user_scopes(&topics.user_topics(app, user));
+        let claims = self.claims(user, app, scopes, "user", ttl);
         self.sign(&claims)
     }
 
@@ -108,20 +115,20 @@ impl Minter {
     }
 }
 
-/// Exactly what user `user` may do (PROTOCOL §15).
-pub fn user_scopes(app: &str, user: &str) -> Vec<String> {
-    vec![
-        // Publish: own outgoing messages, and own inbox commands (receipts, presence, typing…).
-        format!("rabbitmq.write:*/amq.topic/apps.{app}.outgoing.users.{user}.*"),
-        format!("rabbitmq.write:*/amq.topic/apps.{app}.users.{user}.*"),
-        // Subscribe: own inbox only (topic authorisation on the binding key).
-        format!("rabbitmq.read:*/amq.topic/apps.{app}.users.{user}.*"),
-        // The MQTT plugin declares, binds and consumes the session's own queue
-        // (`mqtt-subscription-<clientid>qos0|1`). Nothing else: no other queue name matches.
-        "rabbitmq.configure:*/mqtt-subscription-*".into(),
-        "rabbitmq.write:*/mqtt-subscription-*".into(),
-        "rabbitmq.read:*/mqtt-subscription-*".into(),
-    ]
+/// Scopes for a user's topics (PROTOCOL §15): `write`/`read` on `amq.topic` with the
+/// layout's routing-key patterns, plus the MQTT session queue.
+pub fn user_scopes(topics: &UserTopics) -> Vec<String> {
+    let on_topic = |perm: &str, pattern: &String| format!("rabbitmq.{perm}:*/amq.topic/{pattern}");
+    let mut scopes: Vec<String> = topics.write.iter().map(|p| on_topic("write", p)).collect();
+    scopes.extend(topics.read.iter().map(|p| on_topic("read", p)));
+    // The MQTT plugin declares, binds and consumes the session's own queue
+    // (`mqtt-subscription-<clientid>qos0|1`). Nothing else: no other queue name matches.
+    scopes.extend(
+        ["configure", "write", "read"]
+            .iter()
+            .map(|perm| format!("rabbitmq.{perm}:*/mqtt-subscription-*")),
+    );
+    scopes
 }
 
 /// What the engine needs: its own queue, bindings from `amq.topic`, publishing to it.
@@ -142,7 +149,9 @@ mod tests {
     #[test]
     fn user_token_round_trip() {
         let m = Minter::new("0123456789abcdef-secret", "tiledesk-key");
-        let t = m.user_token("tilechat", "U1", Duration::from_secs(3600)).unwrap();
+        let t = m
+            .user_token(&Topics::chat21("tilechat"), &"tilechat".into(), &"U1".into(), Duration::from_secs(3600))
+            .unwrap();
         let header = jsonwebtoken::decode_header(&t).unwrap();
         assert_eq!(header.kid.as_deref(), Some("tiledesk-key"));
         assert_eq!(header.alg, Algorithm::HS256);
@@ -160,9 +169,33 @@ mod tests {
     }
 
     #[test]
-    fn invalid_user_ids_get_no_token() {
+    fn scopes_follow_the_layout() {
         let m = Minter::new("0123456789abcdef-secret", "k");
-        assert!(m.user_token("tilechat", "a.b", Duration::from_secs(60)).is_err());
-        assert!(m.user_token("tilechat", "*", Duration::from_secs(60)).is_err());
+        let (app, user) = (AppId::from("tilechat"), UserId::from("U1"));
+        let scopes = |topics: &Topics| {
+            let t = m.user_token(topics, &app, &user, Duration::from_secs(60)).unwrap();
+            m.verify(&t).unwrap().scope
+        };
+        assert_eq!(
+            scopes(&Topics::chat21("tilechat")),
+            [
+                "rabbitmq.write:*/amq.topic/apps.tilechat.outgoing.users.U1.*",
+                "rabbitmq.write:*/amq.topic/apps.tilechat.users.U1.*",
+                "rabbitmq.read:*/amq.topic/apps.tilechat.users.U1.*",
+                "rabbitmq.configure:*/mqtt-subscription-*",
+                "rabbitmq.write:*/mqtt-subscription-*",
+                "rabbitmq.read:*/mqtt-subscription-*",
+            ]
+        );
+        let seed = Topics::seed("tilechat", "/apps/tilechat/users").unwrap();
+        assert_eq!(
+            scopes(&seed)[..2],
+            [
+                "rabbitmq.write:*/amq.topic/.apps.tilechat.users.U1.*.messages.outgoing",
+                "rabbitmq.read:*/amq.topic/.apps.tilechat.users.U1.*",
+            ]
+        );
+        let other = m.user_token(&seed, &"otherapp".into(), &user, Duration::from_secs(60));
+        assert!(matches!(other, Err(JwtError::OtherApp(..))), "{other:?}");
     }
 }

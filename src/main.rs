@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 use chat21_engine::config::Config;
+use chat21_engine::domain::{AppId, UserId};
+use chat21_engine::topic::Topics;
 use chat21_engine::{jwt, telemetry, Engine};
 
 #[derive(Parser)]
@@ -52,22 +54,31 @@ fn main() -> ExitCode {
             eprintln!("configuration ok");
             ExitCode::SUCCESS
         }
-        Command::Token { user_id, app } => {
-            let app = app.unwrap_or_else(|| config.topics.app_id.clone());
-            match jwt::Minter::from_config(&config).and_then(|m| m.user_token(&app, &user_id, config.jwt.ttl)) {
-                Ok(token) => {
-                    println!("{token}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("chat21-engine: {e}");
-                    ExitCode::from(2)
-                }
+        Command::Token { user_id, app } => match mint(&config, &user_id, app) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => {
+                eprintln!("chat21-engine: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Serve => serve(config),
         Command::Migrate => migrate(config),
     }
+}
+
+/// A user token for the configured layout: its scopes are that layout's topics of the user.
+fn mint(config: &Config, user: &str, app: Option<String>) -> Result<String, String> {
+    let app = app.unwrap_or_else(|| config.topics.app_id.clone());
+    let app = AppId::parse(&app).map_err(|_| format!("app id {app:?} is not a valid id"))?;
+    let user = UserId::parse(user).map_err(|_| format!("user id {user:?} is not a valid id"))?;
+    let topics = Topics::from_config(&config.topics).map_err(|e| format!("PATH_PREFIX: {e}"))?;
+    let minter = jwt::Minter::from_config(config).map_err(|e| e.to_string())?;
+    minter
+        .user_token(&topics, &app, &user, config.jwt.ttl)
+        .map_err(|e| e.to_string())
 }
 
 fn serve(config: Config) -> ExitCode {

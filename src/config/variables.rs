@@ -65,7 +65,7 @@ pub const VARIABLES: &[Variable] = &[
     // Topics.
     var("APP_ID", "tilechat", "Tenant (app) id: topics are apps.{APP_ID}.…"),
     var("TOPIC_LAYOUT", "chat21", "chat21 (full protocol) or seed (PATH_PREFIX/{sender}/{recipient}/messages/outgoing only)"),
-    var("PATH_PREFIX", "/apps/tilechat/users", "MQTT topic prefix of the seed layout (a leading / is a leading empty word)"),
+    var("PATH_PREFIX", "/apps/tilechat/users", "MQTT topic prefix of the seed layout: levels of letters, digits, - and _; a leading / is a leading empty word"),
     // Consumption.
     var("QUEUE_NAME", "chat21.engine", "Durable queue the engine consumes (shared by all engine replicas)"),
     var("PREFETCH_MESSAGES", "1024", "Unacked inputs in flight (bounds memory and the publish-confirm window)"),

@@ -6,6 +6,9 @@
 //! by a full parse of every word, never by suffix matching.
 
 mod inputs;
+mod rights;
+
+pub use rights::UserTopics;
 
 use crate::config::TopicLayout;
 use crate::domain::{AppId, ClientId, MessageId, RejectReason, UserId};
@@ -110,14 +113,23 @@ pub struct Seed {
 }
 
 impl Seed {
-    /// `path_prefix` is an MQTT topic prefix such as `/apps/tilechat/users`.
+    /// `path_prefix` is an MQTT topic prefix such as `/apps/tilechat/users`: levels of ASCII
+    /// letters, digits, `-` and `_`, optionally a leading `/` (a leading empty word) and a
+    /// trailing one. The prefix goes into every user's token scopes, which the broker
+    /// URL-decodes (`%`) and expands (`{claim}`), matches with `*`, and splits at `/`: only
+    /// characters with no meaning there are allowed, so a prefix means the same to the engine
+    /// and to the broker.
     pub fn new(path_prefix: &str) -> Result<Self, String> {
         let trimmed = path_prefix.strip_suffix('/').unwrap_or(path_prefix);
-        if trimmed.is_empty() {
+        let levels = trimmed.strip_prefix('/').unwrap_or(trimmed);
+        if levels.is_empty() {
             return Err("must not be empty".into());
         }
-        if trimmed.contains(['.', '+', '#', '*']) || trimmed.chars().any(char::is_whitespace) {
-            return Err(format!("{path_prefix:?} may not contain . + # * or whitespace"));
+        let word_ok = |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !levels.split('/').all(word_ok) {
+            return Err(format!(
+                "{path_prefix:?}: levels of letters, digits, - and _ separated by single /, an optional leading and trailing /"
+            ));
         }
         let prefix = mqtt_to_amqp(trimmed);
         Ok(Seed { prefix })
@@ -472,7 +484,9 @@ mod tests {
             Err(RejectReason::BadTopic)
         );
         assert!(Topics::seed("t", "").is_err());
-        assert!(Topics::seed("t", "/a.b").is_err());
+        for bad in ["/", "//", "/a.b", "/a//b", "a b", "/a/%55", "/a/{sub}", "/a/*", "/a/+", "/a/#", "/a/ü"] {
+            assert!(Topics::seed("t", bad).is_err(), "{bad:?}");
+        }
         assert_eq!(
             Topics::seed("t", "chat/").unwrap().outgoing("a", "b"),
             "chat.a.b.messages.outgoing"

@@ -1,6 +1,7 @@
 //! One private RabbitMQ node per test binary, configured like production by
 //! scripts/rabbitmq-private.sh.
 
+use chat21_engine::domain::{AppId, UserId};
 use chat21_engine::jwt::Minter;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -94,7 +95,15 @@ impl Broker {
         Minter::new(&self.jwt_secret, &self.jwt_kid)
     }
 
+    /// A chat21-layout user token for this broker's key.
     pub fn token(&self, app: &str, user: &str) -> String {
-        self.minter().user_token(app, user, Duration::from_secs(3600)).unwrap()
+        chat21_token(&self.minter(), app, user)
     }
+}
+
+/// A chat21-layout user token signed by `m`, valid for an hour.
+pub fn chat21_token(m: &Minter, app: &str, user: &str) -> String {
+    let topics = chat21_engine::topic::Topics::chat21(app);
+    let (app, user) = (AppId::parse(app).unwrap(), UserId::parse(user).unwrap());
+    m.user_token(&topics, &app, &user, Duration::from_secs(3600)).unwrap()
 }

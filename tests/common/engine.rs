@@ -31,6 +31,8 @@ pub struct Running {
     pub http_port: u16,
     pub app: String,
     pub queue: String,
+    /// The engine's whole environment: what `chat21-engine token` is run with.
+    env: Vec<(String, String)>,
 }
 
 impl Running {
@@ -58,8 +60,27 @@ impl Running {
             .unwrap_or(0.0)
     }
 
+    /// The engine's topic grammar, as its configuration (`TOPIC_LAYOUT`, `PATH_PREFIX`) says.
     pub fn topics(&self) -> chat21_engine::topic::Topics {
-        chat21_engine::topic::Topics::chat21(&self.app)
+        let config = chat21_engine::config::Config::from_vars(self.env.clone()).expect("the engine's configuration");
+        chat21_engine::topic::Topics::from_config(&config.topics).expect("the engine's topics")
+    }
+
+    /// A user token from the binary's own `token` command, run with the engine's environment
+    /// — the way an operator mints one. Panics with the command's message if it refuses.
+    pub fn cli_token(&self, user: &str) -> String {
+        let out = Command::new(ENGINE)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .args(["token", user])
+            .output()
+            .expect("run chat21-engine token");
+        assert!(
+            out.status.success(),
+            "chat21-engine token {user}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 }
 
@@ -99,6 +120,7 @@ fn running(env: &[(String, String)]) -> Running {
         http_port: get("HTTP_PORT").parse().unwrap(),
         app: get("APP_ID"),
         queue: get("QUEUE_NAME"),
+        env: env.to_vec(),
     }
 }
 

@@ -47,6 +47,43 @@ fn token_command_mints_a_verifiable_user_token() {
 
     let out = engine(&["token", "bad.user"], &[("JWT_SECRET", secret)]);
     assert_eq!(out.status.code(), Some(2));
+    let out = engine(&["token", "U1", "--app", "a*b"], &[("JWT_SECRET", secret)]);
+    assert_eq!(out.status.code(), Some(2), "an app id that is not an id");
+}
+
+/// In the seed layout the token carries that layout's topics, leading empty word included;
+/// it serves one app, so a token for another one is refused.
+#[test]
+fn token_command_follows_the_seed_layout() {
+    let secret = "cli-test-secret-0123456789";
+    let seed = [
+        ("JWT_SECRET", secret),
+        ("APP_ID", "myapp"),
+        ("TOPIC_LAYOUT", "seed"),
+        ("PATH_PREFIX", "/apps/myapp/users"),
+    ];
+    let out = engine(&["token", "USER1"], &seed);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap();
+    let claims = chat21_engine::jwt::Minter::new(secret, "tiledesk-key")
+        .verify(token.trim())
+        .unwrap();
+    let topic_scopes: Vec<&str> = claims
+        .scope
+        .iter()
+        .map(String::as_str)
+        .filter(|s| s.contains("amq.topic"))
+        .collect();
+    assert_eq!(
+        topic_scopes,
+        [
+            "rabbitmq.write:*/amq.topic/.apps.myapp.users.USER1.*.messages.outgoing",
+            "rabbitmq.read:*/amq.topic/.apps.myapp.users.USER1.*",
+        ]
+    );
+    let out = engine(&["token", "USER1", "--app", "otherapp"], &seed);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("seed layout serves one app"));
 }
 
 #[test]
@@ -81,6 +118,15 @@ fn configuration_errors_are_one_line_and_exit_2() {
         (
             vec![("RABBITMQ_USER", "u"), ("POLICY_FILE", "/nonexistent/p.toml")],
             "POLICY_FILE",
+        ),
+        // The broker would URL-decode `%74` in every token's scopes: refused, not reinterpreted.
+        (
+            vec![
+                ("RABBITMQ_USER", "u"),
+                ("TOPIC_LAYOUT", "seed"),
+                ("PATH_PREFIX", "/apps/%74ilechat/users"),
+            ],
+            "PATH_PREFIX",
         ),
     ] {
         for args in [&[][..], &["check-config"][..]] {

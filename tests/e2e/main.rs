@@ -11,3 +11,4 @@ mod groups;
 mod persistence;
 mod policies;
 mod security;
+mod seed;

@@ -68,9 +68,11 @@ async fn bad_tokens_cannot_log_in() {
     let b = broker();
     let app = fresh("app");
     let u = fresh("u");
-    let wrong_key = chat21_engine::jwt::Minter::new("a-completely-different-secret", &b.jwt_kid)
-        .user_token(&app, &u, Duration::from_secs(3600))
-        .unwrap();
+    let wrong_key = chat21_token(
+        &chat21_engine::jwt::Minter::new("a-completely-different-secret", &b.jwt_kid),
+        &app,
+        &u,
+    );
     for (what, token) in [
         ("wrong key", wrong_key),
         ("garbage", "not.a.jwt".to_string()),
@@ -86,7 +88,7 @@ async fn bad_tokens_cannot_log_in() {
 fn expired_token(b: &Broker, app: &str, user: &str) -> String {
     use jsonwebtoken::{encode, EncodingKey, Header};
     let m = b.minter();
-    let good = m.user_token(app, user, Duration::from_secs(3600)).unwrap();
+    let good = chat21_token(&m, app, user);
     let mut claims = m.verify(&good).unwrap();
     claims.iat -= 7200;
     claims.exp = claims.iat + 60;
