@@ -150,7 +150,12 @@ mod tests {
     fn user_token_round_trip() {
         let m = Minter::new("0123456789abcdef-secret", "tiledesk-key");
         let t = m
-            .user_token(&Topics::chat21("tilechat"), &"tilechat".into(), &"U1".into(), Duration::from_secs(3600))
+            .user_token(
+                &Topics::chat21("tilechat"),
+                &"tilechat".into(),
+                &"U1".into(),
+                Duration::from_secs(3600),
+            )
             .unwrap();
         let header = jsonwebtoken::decode_header(&t).unwrap();
         assert_eq!(header.kid.as_deref(), Some("tiledesk-key"));

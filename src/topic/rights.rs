@@ -98,7 +98,10 @@ mod tests {
             assert!(!may(&r.write, &t.outgoing("U2", "U1")), "as someone else");
             assert!(!may(&r.write, &t.outgoing("U1x", "U1")), "as a longer id");
             assert!(!may(&r.write, &t.message_added("tilechat", "U2", "U1").unwrap()));
-            assert!(!may(&r.write, &t.message_added("tilechat", "U1", "U2").unwrap()), "own inbox");
+            assert!(
+                !may(&r.write, &t.message_added("tilechat", "U1", "U2").unwrap()),
+                "own inbox"
+            );
             // Subscriptions as the MQTT plugin checks them: the filter's binding key.
             assert!(may(&r.read, &format!("{p}.U1.#")));
             assert!(may(&r.read, &format!("{p}.U1.*.messages.clientadded")));
@@ -111,7 +114,10 @@ mod tests {
         let t = Topics::seed("tilechat", "/apps/tilechat/users").unwrap();
         let r = rights(&t, "U1");
         assert_eq!(r.read, vec![".apps.tilechat.users.U1.*".to_string()]);
-        assert!(!may(&r.read, "apps.tilechat.users.U1.#"), "the chat21 inbox of the same words");
+        assert!(
+            !may(&r.read, "apps.tilechat.users.U1.#"),
+            "the chat21 inbox of the same words"
+        );
     }
 
     #[test]
@@ -142,7 +148,10 @@ mod tests {
         assert!(!may(&r.read, "apps.tilechat.users.U2.#"));
         assert!(!may(&r.read, "apps.tilechat.users.#"));
         assert_eq!(t.only_app(), None);
-        assert_eq!(Topics::seed("tilechat", "/x").unwrap().only_app().map(|a| &**a), Some("tilechat"));
+        assert_eq!(
+            Topics::seed("tilechat", "/x").unwrap().only_app().map(|a| &**a),
+            Some("tilechat")
+        );
     }
 
     #[test]

@@ -9,11 +9,7 @@ use std::time::Duration;
 
 /// An engine in the seed layout on `prefix` (an MQTT topic prefix), for app `app`.
 async fn seed_engine(b: &Broker, app: &str, prefix: &str) -> EngineTask {
-    EngineTask::start(
-        b,
-        &[("APP_ID", app), ("TOPIC_LAYOUT", "seed"), ("PATH_PREFIX", prefix)],
-    )
-    .await
+    EngineTask::start(b, &[("APP_ID", app), ("TOPIC_LAYOUT", "seed"), ("PATH_PREFIX", prefix)]).await
 }
 
 /// The two prefixes every test here runs on.
@@ -62,7 +58,10 @@ async fn direct_and_group_messages_reach_real_clients() {
         let (topic, got) = one(&mut c2, &e).await;
         assert_eq!(topic, format!("{prefix}/{u2}/{u1}/messages/clientadded"));
         assert_eq!(got["status"], 150);
-        assert_eq!((got["text"].as_str(), got["sender"].as_str()), (Some("hello"), Some(u1.as_str())));
+        assert_eq!(
+            (got["text"].as_str(), got["sender"].as_str()),
+            (Some("hello"), Some(u1.as_str()))
+        );
         assert_eq!(got["recipient"], u2.as_str());
         assert_eq!(got["app_id"], app.as_str());
         assert_eq!(got["message_id"], sent["message_id"]);
@@ -71,10 +70,16 @@ async fn direct_and_group_messages_reach_real_clients() {
         c2.publish_acked(&t.outgoing(&u2, &u1), br#"{"text":"hi back"}"#)
             .await
             .unwrap();
-        assert_eq!(one(&mut c2, &e).await.0, format!("{prefix}/{u2}/{u1}/messages/clientadded"));
+        assert_eq!(
+            one(&mut c2, &e).await.0,
+            format!("{prefix}/{u2}/{u1}/messages/clientadded")
+        );
         let (topic, back) = one(&mut c1, &e).await;
         assert_eq!(topic, format!("{prefix}/{u1}/{u2}/messages/clientadded"));
-        assert_eq!((back["text"].as_str(), back["status"].as_i64()), (Some("hi back"), Some(150)));
+        assert_eq!(
+            (back["text"].as_str(), back["status"].as_i64()),
+            (Some("hi back"), Some(150))
+        );
 
         // A group message (inline members): every member's copy under its own inbox.
         let g = fresh("group-");
@@ -106,7 +111,12 @@ async fn seed_tokens_cannot_reach_other_users_or_prefixes() {
     // Every key a forged publish could have been routed on: both prefixes with and without
     // the leading empty word, and the chat21 layout's keys of the app.
     let mut taps = Vec::new();
-    for p in [pa.clone(), pb.clone(), toggle_leading_slash(&pa), toggle_leading_slash(&pb)] {
+    for p in [
+        pa.clone(),
+        pb.clone(),
+        toggle_leading_slash(&pa),
+        toggle_leading_slash(&pb),
+    ] {
         taps.push(Tap::new(b, &format!("{}.#", chat21_engine::topic::mqtt_to_amqp(&p))).await);
     }
     taps.push(Tap::new(b, &format!("apps.{app}.#")).await);
@@ -120,10 +130,19 @@ async fn seed_tokens_cannot_reach_other_users_or_prefixes() {
             ("as someone else", format!("{prefix}/{u2}/{u1}/messages/outgoing")),
             ("as a longer id", format!("{prefix}/{longer}/{u2}/messages/outgoing")),
             ("into another inbox", format!("{prefix}/{u2}/{u1}/messages/clientadded")),
-            ("into one's own inbox", format!("{prefix}/{u1}/{u2}/messages/clientadded")),
+            (
+                "into one's own inbox",
+                format!("{prefix}/{u1}/{u2}/messages/clientadded"),
+            ),
             ("under the other prefix", format!("{other}/{u1}/{u2}/messages/outgoing")),
-            ("with the leading / toggled", format!("{}/{u1}/{u2}/messages/outgoing", toggle_leading_slash(prefix))),
-            ("on the chat21 layout's words", format!("apps/{app}/outgoing/users/{u1}/messages/{u2}/outgoing")),
+            (
+                "with the leading / toggled",
+                format!("{}/{u1}/{u2}/messages/outgoing", toggle_leading_slash(prefix)),
+            ),
+            (
+                "on the chat21 layout's words",
+                format!("apps/{app}/outgoing/users/{u1}/messages/{u2}/outgoing"),
+            ),
         ];
         for via in [Via::Tcp, Via::Ws] {
             for (what, topic) in &publishes {
@@ -139,10 +158,16 @@ async fn seed_tokens_cannot_reach_other_users_or_prefixes() {
             ("another inbox", format!("{prefix}/{u2}/#")),
             ("a longer id's inbox", format!("{prefix}/{longer}/#")),
             ("everybody's inboxes", format!("{prefix}/#")),
-            ("everybody's copies from u1", format!("{prefix}/+/{u1}/messages/clientadded")),
+            (
+                "everybody's copies from u1",
+                format!("{prefix}/+/{u1}/messages/clientadded"),
+            ),
             ("everything", "#".to_string()),
             ("one's inbox under the other prefix", format!("{other}/{u1}/#")),
-            ("one's inbox with the leading / toggled", format!("{}/{u1}/#", toggle_leading_slash(prefix))),
+            (
+                "one's inbox with the leading / toggled",
+                format!("{}/{u1}/#", toggle_leading_slash(prefix)),
+            ),
         ];
         for via in [Via::Tcp, Via::Ws] {
             for (what, filter) in &subscriptions {
@@ -158,7 +183,10 @@ async fn seed_tokens_cannot_reach_other_users_or_prefixes() {
         c.publish_acked(&mine.topics().outgoing(&u1, &u2), br#"{"text":"allowed"}"#)
             .await
             .unwrap();
-        assert_eq!(one(&mut c, mine).await.0, format!("{prefix}/{u1}/{u2}/messages/clientadded"));
+        assert_eq!(
+            one(&mut c, mine).await.0,
+            format!("{prefix}/{u1}/{u2}/messages/clientadded")
+        );
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     for tap in &taps {
