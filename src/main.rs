@@ -26,6 +26,9 @@ enum Command {
         /// App id (default: APP_ID).
         #[arg(long)]
         app: Option<String>,
+        /// Allow a TRUSTED_SENDERS id (e.g. `system`): its token may post into any group.
+        #[arg(long)]
+        trusted: bool,
     },
     /// Validate the configuration and exit (0 = valid, 2 = invalid).
     CheckConfig,
@@ -54,7 +57,7 @@ fn main() -> ExitCode {
             eprintln!("configuration ok");
             ExitCode::SUCCESS
         }
-        Command::Token { user_id, app } => match mint(&config, &user_id, app) {
+        Command::Token { user_id, app, trusted } => match mint(&config, &user_id, app, trusted) {
             Ok(token) => {
                 println!("{token}");
                 ExitCode::SUCCESS
@@ -70,7 +73,14 @@ fn main() -> ExitCode {
 }
 
 /// A user token for the configured layout: its scopes are that layout's topics of the user.
-fn mint(config: &Config, user: &str, app: Option<String>) -> Result<String, String> {
+/// A trusted sender's token is a service credential (it may post into groups it is not a
+/// member of, as `system` does), so it is minted only when asked for by name.
+fn mint(config: &Config, user: &str, app: Option<String>, trusted: bool) -> Result<String, String> {
+    if !trusted && config.policy.trusted_senders.iter().any(|t| t == user) {
+        return Err(format!(
+            "{user:?} is a trusted sender (TRUSTED_SENDERS): its token may post into any group; pass --trusted to mint it"
+        ));
+    }
     let app = app.unwrap_or_else(|| config.topics.app_id.clone());
     let app = AppId::parse(&app).map_err(|_| format!("app id {app:?} is not a valid id"))?;
     let user = UserId::parse(user).map_err(|_| format!("user id {user:?} is not a valid id"))?;

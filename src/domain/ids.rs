@@ -1,9 +1,13 @@
 //! Ids, validated once where they enter (a topic word, a payload field, a token request, the
 //! configuration) into their own types; past that point nothing checks them again.
 //!
-//! The rule (PROTOCOL §0): 1..128 bytes of UTF-8, none of `. / * # +`, no whitespace or control
-//! characters. `.` would split an AMQP word, `/` is an MQTT level separator, `* # +` are
-//! wildcards: an id containing them could never be routed to or subscribed exactly.
+//! The rule (PROTOCOL §0, narrowed): 1..128 bytes of UTF-8, none of `. / * # + % { }`, no
+//! whitespace or control characters. `.` would split an AMQP word, `/` is an MQTT level
+//! separator, `* # +` are wildcards: an id containing them could never be routed to or
+//! subscribed exactly. `%`, `{` and `}` are what RabbitMQ's OAuth2 backend reinterprets in a
+//! token's scopes — it URL-decodes them (`%55%31` would become `U1`) and expands `{claim}`
+//! variables (`{app_id}` would become the app's id) — so an id holding them could carry
+//! another user's rights (BROKER.md). Refusing them here refuses them everywhere an id enters.
 
 use std::borrow::Borrow;
 use std::fmt;
@@ -21,7 +25,7 @@ pub fn is_valid_id(id: &str) -> bool {
         && id.len() <= MAX_ID_BYTES
         && !id
             .chars()
-            .any(|c| matches!(c, '.' | '/' | '*' | '#' | '+') || c.is_whitespace() || c.is_control())
+            .any(|c| matches!(c, '.' | '/' | '*' | '#' | '+' | '%' | '{' | '}') || c.is_whitespace() || c.is_control())
 }
 
 macro_rules! id_type {
@@ -146,7 +150,10 @@ mod tests {
         assert!(is_valid_id(&"a".repeat(128)));
         assert!(!is_valid_id(&"a".repeat(129)));
         assert!(!is_valid_id(""));
-        for bad in ["a.b", "a/b", "a*", "#", "a+b", "a b", "a\tb", "a\u{0}b", "a\u{7f}"] {
+        for bad in [
+            "a.b", "a/b", "a*", "#", "a+b", "a b", "a\tb", "a\u{0}b", "a\u{7f}", "%55%31", "%73ystem", "{sub}",
+            "{app_id}", "a}",
+        ] {
             assert!(!is_valid_id(bad), "{bad:?}");
             assert_eq!(UserId::parse(bad), Err(RejectReason::InvalidId));
         }

@@ -49,6 +49,25 @@ fn token_command_mints_a_verifiable_user_token() {
     assert_eq!(out.status.code(), Some(2));
     let out = engine(&["token", "U1", "--app", "a*b"], &[("JWT_SECRET", secret)]);
     assert_eq!(out.status.code(), Some(2), "an app id that is not an id");
+    // Ids the broker would URL-decode or expand inside the scopes into someone else's.
+    for id in ["%55%31", "%73ystem", "{app_id}", "{sub}"] {
+        let out = engine(&["token", id], &[("JWT_SECRET", secret)]);
+        assert_eq!(out.status.code(), Some(2), "{id}");
+        assert!(out.stdout.is_empty());
+    }
+    // A trusted sender's token only when asked for by name.
+    let out = engine(&["token", "system"], &[("JWT_SECRET", secret)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--trusted"));
+    let out = engine(&["token", "system", "--trusted"], &[("JWT_SECRET", secret)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = engine(
+        &["token", "bot", "--trusted"],
+        &[("JWT_SECRET", secret), ("TRUSTED_SENDERS", "bot")],
+    );
+    assert!(out.status.success());
+    let out = engine(&["token", "bot"], &[("JWT_SECRET", secret), ("TRUSTED_SENDERS", "bot")]);
+    assert_eq!(out.status.code(), Some(2));
 }
 
 /// In the seed layout the token carries that layout's topics, leading empty word included;

@@ -181,3 +181,86 @@ async fn amqp_user_token_cannot_reach_engine_queue_or_other_queues() {
     // The engine is unaffected and its queue intact.
     assert_eq!(http_get(engine.http_port, "/readyz").await.unwrap().0, 200);
 }
+
+/// A token whose scopes hold `%55%31` where the user id goes: the broker URL-decodes the
+/// pattern, so it carries the rights of `decoded`. Signed with the broker's key directly —
+/// the engine's own minter cannot be asked for it (that is what this file tests).
+fn hand_made_token(b: &Broker, app: &str, encoded: &str) -> String {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    let m = b.minter();
+    let mut claims = m.verify(&b.token(app, "placeholder")).unwrap();
+    claims.scope = vec![
+        format!("rabbitmq.read:*/amq.topic/apps.{app}.users.{encoded}.*"),
+        "rabbitmq.configure:*/mqtt-subscription-*".into(),
+        "rabbitmq.write:*/mqtt-subscription-*".into(),
+        "rabbitmq.read:*/mqtt-subscription-*".into(),
+    ];
+    (claims.sub, claims.user_id) = (encoded.into(), encoded.into());
+    let mut h = Header::new(jsonwebtoken::Algorithm::HS256);
+    h.kid = Some(b.jwt_kid.clone());
+    encode(&h, &claims, &EncodingKey::from_secret(b.jwt_secret.as_bytes())).unwrap()
+}
+
+/// Ids the broker reinterprets inside scopes (`%` escapes, `{claim}` variables) never get a
+/// token and never enter through a topic or a payload (BROKER.md, issue 11 item 1). First
+/// the attack itself, to show it is real on this broker: a token for the id `%55%31`
+/// subscribes to U1's inbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_the_broker_reinterprets_are_refused_everywhere() {
+    let b = broker();
+    let engine = EngineTask::start(b, &[]).await;
+    let app = engine.app.clone();
+    let victim = fresh("U");
+    let encoded: String = victim.bytes().map(|c| format!("%{c:02X}")).collect();
+    let mut thief =
+        Mqtt::connect_with_token(b, &app, &encoded, &hand_made_token(b, &app, &encoded), Via::Tcp, false).await;
+    thief
+        .subscribe(&format!("apps/{app}/users/{victim}/#"))
+        .await
+        .expect("the broker decodes the scope: the attack is real");
+
+    // Contained at minting: the engine's token command refuses such ids.
+    for id in [encoded.as_str(), "%73ystem", "{app_id}", "{sub}"] {
+        let out = std::process::Command::new(ENGINE)
+            .args(["token", id])
+            .env_clear()
+            .env("RABBITMQ_URI", &b.amqp_uri)
+            .env("JWT_SECRET", &b.jwt_secret)
+            .env("APP_ID", &app)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "a token was minted for {id}");
+    }
+
+    // Contained at the engine: such ids in a topic or in a payload are rejected, nothing is
+    // delivered, and other traffic keeps flowing.
+    let sender = fresh("u");
+    let t = engine.topics();
+    let mut c = Mqtt::connect(b, &app, &sender, Via::Tcp).await;
+    c.subscribe_inbox().await;
+    let tap = Tap::new(b, &format!("apps.{app}.users.#")).await;
+    c.publish_acked(&t.outgoing(&sender, &encoded), br#"{"text":"to an encoded id"}"#)
+        .await
+        .unwrap();
+    c.publish_acked(&t.outgoing(&sender, "{app_id}"), br#"{"text":"to a variable"}"#)
+        .await
+        .unwrap();
+    let inline = serde_json::json!({"text":"inline","channel_type":"group","group":{"members":{"%73ystem":1}}});
+    c.publish_acked(&t.outgoing(&sender, &fresh("group-")), inline.to_string().as_bytes())
+        .await
+        .unwrap();
+    let ok = fresh("u");
+    c.publish_acked(&t.outgoing(&sender, &ok), br#"{"text":"fine"}"#)
+        .await
+        .unwrap();
+    let (_, own) = one(&mut c, &engine).await;
+    assert_eq!(own["text"], "fine", "the rejected ones produce no copy");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let delivered: Vec<String> = tap.drain().await.into_iter().map(|(k, _)| k).collect();
+    assert_eq!(delivered.len(), 2, "only the valid message's two copies: {delivered:?}");
+    assert!(delivered.iter().all(|k| !k.contains('%') && !k.contains('{')));
+    assert_eq!(
+        engine.metric(r#"chat21_rejections_total{reason="invalid_id"}"#).await,
+        3.0
+    );
+}
