@@ -3,30 +3,30 @@
 use serde_json::{Map, Value};
 use sqlx::Row;
 
-use super::sql::{json, json_object, Tx};
+use super::sql::{bind_text, json, json_object, Tx};
 use super::StoreError;
 use crate::domain::{AppId, Group, UserId};
 
 /// Create or replace a group (§4.4); the creation time stays the first one.
 pub(super) async fn upsert(tx: &mut Tx<'_>, g: &Group) -> Result<(), sqlx::Error> {
     let members: Map<String, Value> = g.members.iter().map(|m| (m.to_string(), Value::from(1))).collect();
-    sqlx::query(
+    let q = sqlx::query(
         "INSERT INTO groups (uid, app_id, name, owner, members, attributes, created_on, updated_on, body) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (uid) DO UPDATE SET \
          app_id = excluded.app_id, name = excluded.name, owner = excluded.owner, members = excluded.members, \
          attributes = excluded.attributes, updated_on = excluded.updated_on, body = excluded.body",
     )
     .bind(g.uid.as_str())
-    .bind(g.app_id.as_str())
-    .bind(g.name())
-    .bind(g.owner())
-    .bind(json(&members))
-    .bind(g.attributes().map(Value::to_string))
-    .bind(g.created_on)
-    .bind(g.updated_on)
-    .bind(json(&g.object))
-    .execute(&mut **tx)
-    .await?;
+    .bind(g.app_id.as_str());
+    let q = bind_text(q, g.name());
+    bind_text(q, g.owner())
+        .bind(json(&members))
+        .bind(g.attributes().map(Value::to_string))
+        .bind(g.created_on)
+        .bind(g.updated_on)
+        .bind(json(&g.object))
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 

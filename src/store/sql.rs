@@ -15,17 +15,34 @@ pub(super) type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArgu
 /// inserts, in this order (the text column is `last_message_text` in `conversations`).
 pub(super) fn bind_copy<'q>(q: Query<'q>, c: &'q crate::plan::TimelineCopy) -> Query<'q> {
     let m = c.message();
-    q.bind(c.timeline_of.as_str())
+    let q = q
+        .bind(c.timeline_of.as_str())
         .bind(c.convers_with.as_str())
         .bind(m.app_id().unwrap_or_default())
         .bind(m.message_id().unwrap_or_default())
         .bind(m.sender())
         .bind(m.recipient())
         .bind(m.status().unwrap_or_default())
-        .bind(m.timestamp())
-        .bind(m.text())
-        .bind(m.kind())
-        .bind(m.channel_type())
+        .bind(m.timestamp());
+    let q = bind_text(q, m.text());
+    let q = bind_text(q, m.kind());
+    bind_text(q, m.channel_type())
+}
+
+/// Bind a user's text as a column can hold it. PostgreSQL's `text` cannot hold U+0000 (the
+/// whole statement fails, and would fail again on every retry), so in the columns derived
+/// from a body — for queries, never read back as the message — it becomes U+FFFD. The body
+/// itself is JSON, where U+0000 is the escape `\u0000`: what is read back is exactly what was
+/// sent. Both backends store the same, so a store can move between them.
+pub(super) fn bind_text<'q>(q: Query<'q>, text: Option<&'q str>) -> Query<'q> {
+    match text {
+        Some(t) if t.contains('\0') => q.bind(Some(storable(t))),
+        text => q.bind(text),
+    }
+}
+
+fn storable(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
 }
 
 /// Which SQL dialect the store speaks.
@@ -154,6 +171,13 @@ mod tests {
         );
         assert_eq!(placeholders(Dialect::Sqlite, 2, 2, None), "(?, ?), (?, ?)");
         assert_eq!(placeholders_from(pg, 2, 3), "($2, $3, $4)");
+    }
+
+    #[test]
+    fn nul_never_reaches_a_text_column() {
+        assert_eq!(storable("a\0b"), "a\u{FFFD}b");
+        let body = json(serde_json::json!({"text": "a\0b"}).as_object().unwrap());
+        assert!(!body.contains('\0') && body.contains("\\u0000"), "{body}");
     }
 
     #[test]

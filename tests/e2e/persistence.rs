@@ -478,3 +478,47 @@ async fn store_reads_sqlite() {
 async fn store_reads_postgres() {
     store_reads(fresh_pg_schema().await).await;
 }
+
+/// U+0000 in a user's text (PostgreSQL's `text` cannot hold it): the message is delivered and
+/// stored exactly, the next message flows, the store stays up — no batch stuck on it.
+async fn nul_in_text_is_stored_exactly(db: Db) {
+    let b = broker();
+    let e = engine_task_with(b, db, &[]).await;
+    let (u1, u2) = (fresh("u"), fresh("u"));
+    let mut c = Mqtt::connect(b, &e.app, &u1, Via::Tcp).await;
+    c.subscribe_inbox().await;
+    let t = e.topics();
+    let poison = json!({"text": "a\u{0}b", "type": "te\u{0}xt", "message_id": "m-nul"});
+    c.publish_acked(&t.outgoing(&u1, &u2), poison.to_string().as_bytes())
+        .await
+        .unwrap();
+    c.publish_acked(&t.outgoing(&u1, &u2), br#"{"text":"after","message_id":"m-after"}"#)
+        .await
+        .unwrap();
+    let got = c.messages(2, WAIT).await;
+    assert_eq!(got.len(), 2, "both copies to the sender: {got:?}");
+    assert_eq!(got[0].1["text"], "a\u{0}b", "delivered exactly");
+    let store = open_store(&e.database_url).await;
+    let rows = eventually("both messages stored", || async {
+        let rows = store.messages(&u2, &u1, 10).await.unwrap();
+        (rows.len() == 2).then_some(rows)
+    })
+    .await;
+    let nul = rows.iter().find(|r| r.message_id == "m-nul").expect("the NUL message");
+    assert_eq!(nul.message.fields()["text"], "a\u{0}b", "read back exactly");
+    assert_eq!(nul.message.fields()["type"], "te\u{0}xt");
+    let conv = store.conversations(&u2, false).await.unwrap();
+    assert_eq!(conv[0].last.message_id(), Some("m-after"));
+    assert_eq!(e.metric("chat21_store_up").await, 1.0);
+    assert_eq!(http_get(e.http_port, "/readyz").await.unwrap().0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_in_text_is_stored_exactly_sqlite() {
+    nul_in_text_is_stored_exactly(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_in_text_is_stored_exactly_postgres() {
+    nul_in_text_is_stored_exactly(Db::Postgres).await;
+}
