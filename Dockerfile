@@ -6,6 +6,8 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 # Dependencies first, so editing the engine does not rebuild them.
 COPY Cargo.toml Cargo.lock ./
+# The patched AMQP codec (see vendor/README.md).
+COPY vendor vendor
 RUN mkdir -p src/bin && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs \
     && echo 'fn main() {}' > src/bin/bench.rs && echo 'fn main() {}' > src/bin/relay.rs \
     && cargo build --release --locked --bin chat21-engine && rm -rf src

@@ -10,6 +10,12 @@ use crate::store::writer::Writer;
 use crate::store::Store;
 use crate::Engine;
 
+/// A session that lasted this long was healthy: the next reconnect starts from the shortest
+/// delay again. A shorter one keeps the backoff growing — a connection that succeeds and then
+/// fails at once (a poison input that kills the session, a broker that accepts and drops)
+/// must not reconnect at full speed forever.
+const HEALTHY_SESSION: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub async fn supervise(engine: Arc<Engine>, store: Option<Store>, writer: Option<Writer>, shutdown: CancellationToken) {
     let mut backoff = Backoff::BROKER.delays();
     let mut connected_before = false;
@@ -20,10 +26,13 @@ pub async fn supervise(engine: Arc<Engine>, store: Option<Store>, writer: Option
                     engine.metrics.reconnected();
                 }
                 connected_before = true;
-                backoff = Backoff::BROKER.delays();
                 tracing::info!("connected to broker");
+                let started = std::time::Instant::now();
                 let end = consumer::run_session(&engine, store.as_ref(), writer.as_ref(), &conn, &shutdown).await;
                 engine.metrics.set_broker_connected(false);
+                if started.elapsed() >= HEALTHY_SESSION {
+                    backoff = Backoff::BROKER.delays();
+                }
                 match end {
                     Ok(SessionEnd::Shutdown) => {
                         let _ = conn.close(200, "shutdown".into()).await;

@@ -8,6 +8,8 @@
 //! token's scopes — it URL-decodes them (`%55%31` would become `U1`) and expands `{claim}`
 //! variables (`{app_id}` would become the app's id) — so an id holding them could carry
 //! another user's rights (BROKER.md). Refusing them here refuses them everywhere an id enters.
+//! U+FFFD is what bytes that are not UTF-8 become in a routing key (`vendor/README.md`): an
+//! id holding it is not the id the client's topic named.
 
 use std::borrow::Borrow;
 use std::fmt;
@@ -23,9 +25,11 @@ pub const MAX_ID_BYTES: usize = 128;
 pub fn is_valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_ID_BYTES
-        && !id
-            .chars()
-            .any(|c| matches!(c, '.' | '/' | '*' | '#' | '+' | '%' | '{' | '}') || c.is_whitespace() || c.is_control())
+        && !id.chars().any(|c| {
+            matches!(c, '.' | '/' | '*' | '#' | '+' | '%' | '{' | '}' | '\u{FFFD}')
+                || c.is_whitespace()
+                || c.is_control()
+        })
 }
 
 macro_rules! id_type {
@@ -151,8 +155,21 @@ mod tests {
         assert!(!is_valid_id(&"a".repeat(129)));
         assert!(!is_valid_id(""));
         for bad in [
-            "a.b", "a/b", "a*", "#", "a+b", "a b", "a\tb", "a\u{0}b", "a\u{7f}", "%55%31", "%73ystem", "{sub}",
-            "{app_id}", "a}",
+            "a.b",
+            "a/b",
+            "a*",
+            "#",
+            "a+b",
+            "a b",
+            "a\tb",
+            "a\u{0}b",
+            "a\u{7f}",
+            "%55%31",
+            "%73ystem",
+            "{sub}",
+            "{app_id}",
+            "a}",
+            "a\u{FFFD}",
         ] {
             assert!(!is_valid_id(bad), "{bad:?}");
             assert_eq!(UserId::parse(bad), Err(RejectReason::InvalidId));

@@ -555,7 +555,7 @@ mod tests {
 
     fn valid_id() -> impl Strategy<Value = String> {
         // Any printable text without the forbidden characters, 1..=40 chars.
-        "[^./*#+%{}\\s\\p{Cc}]{1,40}".prop_filter("byte length", |s| s.len() <= 128)
+        "[^./*#+%{}\u{FFFD}\\s\\p{Cc}]{1,40}".prop_filter("byte length", |s| s.len() <= 128)
     }
 
     fn layouts() -> impl Strategy<Value = Topics> {

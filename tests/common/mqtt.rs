@@ -282,3 +282,67 @@ pub async fn nothing_more(clients: &mut [Mqtt]) {
         assert!(extra.is_empty(), "{} got more: {extra:?}", c.user);
     }
 }
+
+/// MQTT 3.1.1 over a plain socket, for what no client library will send: a topic of arbitrary
+/// bytes. Connects with `token` (username `JWT`), publishes `payload` on `topic` at QoS 1 and
+/// returns Ok once the broker's PUBACK arrived, Err with what happened instead.
+pub async fn raw_publish(broker: &Broker, token: &str, topic: &[u8], payload: &[u8]) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    fn remaining_length(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let mut byte = (n % 128) as u8;
+            n /= 128;
+            if n > 0 {
+                byte |= 0x80;
+            }
+            out.push(byte);
+            if n == 0 {
+                return;
+            }
+        }
+    }
+    fn string(s: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s);
+    }
+    fn packet(kind: u8, body: Vec<u8>) -> Vec<u8> {
+        let mut p = vec![kind];
+        remaining_length(body.len(), &mut p);
+        p.extend(body);
+        p
+    }
+    let mut connect = Vec::new();
+    string(b"MQTT", &mut connect);
+    // Level 4 (3.1.1); flags: username, password, clean session; keep-alive 60 s.
+    connect.extend_from_slice(&[4, 0xC2, 0, 60]);
+    string(format!("raw{}", uuid::Uuid::new_v4().simple()).as_bytes(), &mut connect);
+    string(b"JWT", &mut connect);
+    string(token.as_bytes(), &mut connect);
+    let mut publish = Vec::new();
+    string(topic, &mut publish);
+    publish.extend_from_slice(&[0, 1]); // packet id 1
+    publish.extend_from_slice(payload);
+
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", broker.mqtt_port))
+        .await
+        .map_err(|e| e.to_string())?;
+    s.write_all(&packet(0x10, connect)).await.map_err(|e| e.to_string())?;
+    let mut connack = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut connack))
+        .await
+        .map_err(|_| "no CONNACK".to_string())?
+        .map_err(|e| format!("CONNACK: {e}"))?;
+    if connack != [0x20, 2, 0, 0] {
+        return Err(format!("CONNACK {connack:?}"));
+    }
+    s.write_all(&packet(0x32, publish)).await.map_err(|e| e.to_string())?;
+    let mut puback = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut puback))
+        .await
+        .map_err(|_| "no PUBACK".to_string())?
+        .map_err(|e| format!("PUBACK: {e}"))?;
+    match puback {
+        [0x40, 2, 0, 1] => Ok(()),
+        other => Err(format!("not a PUBACK: {other:?}")),
+    }
+}

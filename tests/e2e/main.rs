@@ -8,6 +8,7 @@ mod cli;
 mod direct;
 mod engine_kill;
 mod groups;
+mod hostile;
 mod persistence;
 mod policies;
 mod security;
