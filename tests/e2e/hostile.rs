@@ -21,7 +21,6 @@ async fn a_topic_that_is_not_utf8_is_rejected_and_traffic_flows() {
         .await
         .expect("the broker acknowledges a topic that is not UTF-8 (the attack is real)");
 
-    let t = engine.topics();
     let mut c1 = Mqtt::connect(b, &app, &u1, Via::Tcp).await;
     c1.subscribe_inbox().await;
     let mut c2 = Mqtt::connect(b, &app, &u2, Via::Tcp).await;
