@@ -78,6 +78,7 @@ impl Engine {
             trusted_senders,
             max_inline_group_members: p.max_inline_group_members,
             presence: config.topics.presence,
+            checked_receipts: config.store.is_some(),
         };
         let caches = pipeline::CacheSizes {
             groups: p.group_cache_size,

@@ -92,13 +92,6 @@ pub enum Write {
     /// The conversation's last message; an older message never replaces a newer one, and a
     /// new message un-archives the conversation.
     Conversation(TimelineCopy),
-    /// Raise a stored message's status (receipts): only where the row exists and its status
-    /// is lower — never a stub row (fix D7).
-    MessageStatus {
-        timeline_of: UserId,
-        message_id: MessageId,
-        status: i64,
-    },
     /// Set a stored conversation's `is_new` flag (only where the conversation exists).
     ConversationIsNew {
         timeline_of: UserId,
@@ -112,11 +105,13 @@ pub enum Write {
         timeline_of: UserId,
         convers_with: UserId,
     },
-    /// A receipt by `reader` in its conversation with `convers_with` (§5): if the message
-    /// there is a group's — its stored sender is neither `convers_with` nor the reader — raise
-    /// the original sender's copy to 250 and report the sender back (to be told after the
-    /// commit). The store is what knows who sent a group message.
-    GroupReceipt {
+    /// A receipt by `reader` for message `message_id` of its conversation with `convers_with`
+    /// (§5), applied only where the reader's own timeline holds that message in that
+    /// conversation — a third party who knows a message id cannot mark it read. Then the
+    /// reader's copy rises to 200 and the sender's side to 250: `convers_with`'s copy of a
+    /// direct message; the group timeline and the original sender's copy of a group's (the
+    /// store is what knows who sent it). Statuses only rise; who is to be told is reported back.
+    Receipt {
         app: AppId,
         reader: UserId,
         convers_with: UserId,
@@ -154,17 +149,14 @@ pub struct Committed {
     pub unarchived: Vec<Conversation>,
     /// Online/offline transitions this input's presence writes caused.
     pub presence: Vec<crate::events::PresenceChange>,
-    /// Group messages whose original sender is to be told of a receipt.
-    pub group_receipts: Vec<GroupReceipt>,
+    /// Senders to be told that their message was received.
+    pub receipts: Vec<ReceiptNotice>,
 }
 
 impl Committed {
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
-        self.archived.is_empty()
-            && self.unarchived.is_empty()
-            && self.presence.is_empty()
-            && self.group_receipts.is_empty()
+        self.archived.is_empty() && self.unarchived.is_empty() && self.presence.is_empty() && self.receipts.is_empty()
     }
 
     /// Fold another write's results into this input's.
@@ -172,16 +164,17 @@ impl Committed {
         self.archived.extend(other.archived);
         self.unarchived.extend(other.unarchived);
         self.presence.extend(other.presence);
-        self.group_receipts.extend(other.group_receipts);
+        self.receipts.extend(other.receipts);
     }
 }
 
-/// A receipt for a group message, to pass on to its original sender (§5).
+/// A checked receipt, to pass on to the message's sender (§5): `to`'s copy of `message_id`,
+/// in its conversation with `convers_with` (the reader, or the group), was received.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupReceipt {
+pub struct ReceiptNotice {
     pub app: AppId,
-    pub sender: UserId,
-    pub group: UserId,
+    pub to: UserId,
+    pub convers_with: UserId,
     pub message_id: MessageId,
 }
 

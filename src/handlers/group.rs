@@ -67,10 +67,13 @@ pub(super) fn send(
         let to = (m != sender).then(|| m.clone());
         publishes.push(Publish::copy(topics.message_added(app, m, group_id)?, copy, to));
     }
-    // The group's own timeline (history replay and `message-sent` use it).
+    // The group's own timeline (history replay and `message-sent` use it). The id of a group
+    // the store does not know is whatever the sender wrote — possibly a user's, and that
+    // timeline is that user's inbox: so the user's block list may veto it like any copy.
     let key = topics.message_added(app, group_id, group_id)?;
     let sent = Sealed::new(msg.with_status(status::SENT));
-    publishes.push(super::send::copy(key, group_id, group_id, false, sent, None));
+    let veto = stored.is_none().then_some(group_id);
+    publishes.push(super::send::copy(key, group_id, group_id, false, sent, veto));
     Ok(Plan::publishes(publishes))
 }
 

@@ -24,7 +24,7 @@ use crate::topic::{Inbound, Topics};
 /// group messages to their original sender (§5).
 pub fn after_commit(topics: &Topics, committed: &Committed) -> Vec<Publish> {
     let mut out = archive::after_commit(topics, committed);
-    out.extend(receipt::group_receipts(topics, committed));
+    out.extend(receipt::after_commit(topics, committed));
     out
 }
 
@@ -37,6 +37,9 @@ pub struct Settings {
     pub max_inline_group_members: usize,
     /// Presence inputs are handled (`PRESENCE_ENABLED`).
     pub presence: bool,
+    /// A store is configured: receipts are checked against the reader's stored timeline and
+    /// passed on after the commit. Without one they are passed on unchecked.
+    pub checked_receipts: bool,
 }
 
 /// One input: what its routing key says, and its body parsed once into what it says.
@@ -112,7 +115,7 @@ pub fn handle(topics: &Topics, inbound: &Inbound, payload: Payload, ctx: &Contex
                 message_id,
             },
             Payload::Received,
-        ) => Ok(receipt::receipt(topics, app, me, with, message_id)?),
+        ) => Ok(receipt::receipt(topics, app, me, with, message_id, ctx.settings)?),
         (Inbound::ConversationUpdate { app, me, with }, Payload::IsNew(is_new)) => {
             Ok(conversation::update(topics, app, me, with, is_new)?)
         }
@@ -204,6 +207,7 @@ pub(crate) mod testing {
             trusted_senders: std::collections::HashSet::from(["system".into()]),
             max_inline_group_members: 100,
             presence: true,
+            checked_receipts: true,
         }
     }
 }

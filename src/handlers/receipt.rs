@@ -3,6 +3,7 @@
 
 use serde_json::json;
 
+use super::Settings;
 use crate::domain::{status, AppId, MessageId, RejectReason, UserId};
 use crate::plan::{Committed, Plan, Publish, Write};
 use crate::topic::Topics;
@@ -13,48 +14,45 @@ pub(super) fn receipt(
     me: &UserId,
     with: &UserId,
     message_id: &MessageId,
+    settings: &Settings,
 ) -> Result<Plan, RejectReason> {
-    // The other party (the message's sender) learns that its copy was received.
+    if settings.checked_receipts {
+        // The store decides whether `me` received it, and who sent it; the sender is told
+        // after the commit (see `after_commit`).
+        let write = Write::Receipt {
+            app: app.clone(),
+            reader: me.clone(),
+            convers_with: with.clone(),
+            message_id: message_id.clone(),
+        };
+        return Ok(Plan {
+            publishes: Vec::new(),
+            writes: vec![write],
+        });
+    }
+    // DATABASE_URL=off: nothing to check against, so the other party (the message's sender)
+    // is told at once — any user may claim to have received any message (README, Security).
     let key = topics.receipt_updated(app, with, me, message_id)?;
-    let update = json!({"timelineOf": with, "message_id": message_id, "status": status::RETURN_RECEIPT});
-    Ok(Plan {
-        publishes: vec![Publish::json(key, &update)],
-        writes: vec![
-            Write::MessageStatus {
-                timeline_of: me.clone(),
-                message_id: message_id.clone(),
-                status: status::RECEIVED,
-            },
-            Write::MessageStatus {
-                timeline_of: with.clone(),
-                message_id: message_id.clone(),
-                status: status::RETURN_RECEIPT,
-            },
-            // For a group, `with` is the group: the store knows the original sender.
-            Write::GroupReceipt {
-                app: app.clone(),
-                reader: me.clone(),
-                convers_with: with.clone(),
-                message_id: message_id.clone(),
-            },
-        ],
-    })
+    Ok(Plan::publishes(vec![Publish::json(key, &notice(with, message_id))]))
 }
 
-/// After the commit: tell the original sender of a group message that it was received, at
-/// `apps.{app}.users.{sender}.messages.{group}.{message_id}.clientupdated`.
-pub(super) fn group_receipts(topics: &Topics, committed: &Committed) -> Vec<Publish> {
+/// After the commit: tell each sender whose message the receipt was checked against, at
+/// `apps.{app}.users.{to}.messages.{convers_with}.{message_id}.clientupdated`.
+pub(super) fn after_commit(topics: &Topics, committed: &Committed) -> Vec<Publish> {
     committed
-        .group_receipts
+        .receipts
         .iter()
         .filter_map(|r| {
             let key = topics
-                .receipt_updated(&r.app, &r.sender, &r.group, &r.message_id)
+                .receipt_updated(&r.app, &r.to, &r.convers_with, &r.message_id)
                 .ok()?;
-            let update = json!({"timelineOf": r.sender, "message_id": r.message_id, "status": status::RETURN_RECEIPT});
-            Some(Publish::json(key, &update))
+            Some(Publish::json(key, &notice(&r.to, &r.message_id)))
         })
         .collect()
+}
+
+fn notice(timeline_of: &UserId, message_id: &MessageId) -> serde_json::Value {
+    json!({"timelineOf": timeline_of, "message_id": message_id, "status": status::RETURN_RECEIPT})
 }
 
 #[cfg(test)]
@@ -63,38 +61,57 @@ mod tests {
     use crate::handlers::testing;
     use serde_json::Value;
 
-    fn receipt(t: &Topics, app: &str, me: &str, with: &str, id: &str, body: &[u8]) -> Result<Plan, RejectReason> {
+    fn receipt(
+        t: &Topics,
+        app: &str,
+        me: &str,
+        with: &str,
+        id: &str,
+        body: &[u8],
+        store: bool,
+    ) -> Result<Plan, RejectReason> {
         let key = t.receipt(app, me, with, id);
         let body = std::str::from_utf8(body).unwrap();
-        testing::handled(t, &key, body, &[], &testing::settings()).map_err(|r| r.reason())
+        let settings = crate::handlers::Settings {
+            checked_receipts: store,
+            ..testing::settings()
+        };
+        testing::handled(t, &key, body, &[], &settings).map_err(|r| r.reason())
     }
 
     #[test]
-    fn received_becomes_a_return_receipt_for_the_sender() {
+    fn with_a_store_a_receipt_is_checked_there_first() {
         let t = Topics::chat21("app");
-        let p = receipt(&t, "app", "U2", "U1", "m1", br#"{"status":200}"#).unwrap();
-        assert_eq!(p.publishes[0].key, "apps.app.users.U1.messages.U2.m1.clientupdated");
-        let body: Value = serde_json::from_slice(p.publishes[0].bytes()).unwrap();
-        assert_eq!(body, json!({"timelineOf": "U1", "message_id": "m1", "status": 250}));
-        assert_eq!(p.writes.len(), 3);
+        let p = receipt(&t, "app", "U2", "U1", "m1", br#"{"status":200}"#, true).unwrap();
+        assert!(p.publishes.is_empty(), "nobody is told before the store says who");
         assert!(
-            matches!(&p.writes[2], Write::GroupReceipt { reader, convers_with, .. } if reader == "U2" && convers_with == "U1")
+            matches!(&p.writes[..], [Write::Receipt { reader, convers_with, message_id, .. }] if reader == "U2" && convers_with == "U1" && message_id == "m1")
         );
     }
 
     #[test]
-    fn a_group_receipt_reaches_the_original_sender_after_the_commit() {
+    fn without_a_store_the_sender_is_told_at_once() {
+        let t = Topics::chat21("app");
+        let p = receipt(&t, "app", "U2", "U1", "m1", br#"{"status":200}"#, false).unwrap();
+        assert_eq!(p.publishes[0].key, "apps.app.users.U1.messages.U2.m1.clientupdated");
+        let body: Value = serde_json::from_slice(p.publishes[0].bytes()).unwrap();
+        assert_eq!(body, json!({"timelineOf": "U1", "message_id": "m1", "status": 250}));
+        assert!(p.writes.is_empty());
+    }
+
+    #[test]
+    fn a_checked_receipt_reaches_the_sender_after_the_commit() {
         let t = Topics::chat21("app");
         let committed = Committed {
-            group_receipts: vec![crate::plan::GroupReceipt {
+            receipts: vec![crate::plan::ReceiptNotice {
                 app: "app".into(),
-                sender: "S".into(),
-                group: "G".into(),
+                to: "S".into(),
+                convers_with: "G".into(),
                 message_id: "m1".into(),
             }],
             ..Committed::default()
         };
-        let out = group_receipts(&t, &committed);
+        let out = after_commit(&t, &committed);
         assert_eq!(out[0].key, "apps.app.users.S.messages.G.m1.clientupdated");
         let body: Value = serde_json::from_slice(out[0].bytes()).unwrap();
         assert_eq!(body, json!({"timelineOf": "S", "message_id": "m1", "status": 250}));
@@ -105,12 +122,12 @@ mod tests {
         let t = Topics::chat21("app");
         for body in [&br#"{"status":300}"#[..], br#"{}"#, br#"{"status":"200"}"#] {
             assert_eq!(
-                receipt(&t, "app", "U2", "U1", "m1", body).unwrap_err(),
+                receipt(&t, "app", "U2", "U1", "m1", body, true).unwrap_err(),
                 RejectReason::Ignored
             );
         }
         assert_eq!(
-            receipt(&t, "app", "U2", "U1", "m1", b"x").unwrap_err(),
+            receipt(&t, "app", "U2", "U1", "m1", b"x", true).unwrap_err(),
             RejectReason::NotJson
         );
     }

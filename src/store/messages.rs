@@ -8,7 +8,7 @@ use super::batch::WriteIndex;
 use super::sql::{bind_copy, json, json_object, placeholders, Dialect, Tx};
 use super::StoreError;
 use crate::domain::{status, AppId, Message, MessageId, UserId};
-use crate::plan::{GroupReceipt, TimelineCopy};
+use crate::plan::{ReceiptNotice, TimelineCopy};
 
 /// One message row, for history reads.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,54 +40,82 @@ pub(super) async fn insert(
     Ok(())
 }
 
-/// Only ever raise a status, and only where the row exists: a late 200 never downgrades a
-/// 250 or 300, and a receipt for an unknown message leaves no stub row (fix D7).
-pub(super) async fn raise_status(
+/// Only ever raise a status, and only where the row exists in that conversation: a late 200
+/// never downgrades a 250 or 300, and a receipt for an unknown message leaves no stub row
+/// (fix D7).
+async fn raise_status(
     tx: &mut Tx<'_>,
     timeline_of: &str,
+    convers_with: &str,
     message_id: &str,
     status: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE messages SET status = $1 WHERE timeline_of = $2 AND message_id = $3 AND status < $1")
-        .bind(status)
-        .bind(timeline_of)
-        .bind(message_id)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "UPDATE messages SET status = $1 \
+         WHERE timeline_of = $2 AND message_id = $3 AND convers_with = $4 AND status < $1",
+    )
+    .bind(status)
+    .bind(timeline_of)
+    .bind(message_id)
+    .bind(convers_with)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
-/// A receipt by `reader` in its conversation with `convers_with` (§5): when the message there
-/// is a group's — its stored sender is neither `convers_with` nor the reader — raise the
-/// original sender's copy to 250 and return the sender, to be told after the commit.
-pub(super) async fn group_receipt(
+/// A receipt by `reader` for `message_id` of its conversation with `convers_with` (§5; see
+/// [`Write::Receipt`](crate::plan::Write::Receipt)). Nothing happens unless the reader's own
+/// timeline holds the message in that conversation. Returns whom to tell.
+pub(super) async fn receipt(
     tx: &mut Tx<'_>,
     app: &AppId,
     reader: &UserId,
     convers_with: &UserId,
     message_id: &MessageId,
-) -> Result<Option<GroupReceipt>, StoreError> {
-    let row = sqlx::query("SELECT sender FROM messages WHERE timeline_of = $1 AND message_id = $2")
-        .bind(convers_with.as_str())
-        .bind(message_id.as_str())
-        .fetch_optional(&mut **tx)
-        .await?;
-    let sender: Option<String> = row.map(|r| r.try_get("sender")).transpose()?.flatten();
-    // A direct message's copy in `with`'s timeline was sent by `with` itself.
-    let Some(sender) = sender.filter(|s| convers_with != s && reader != s) else {
+) -> Result<Option<ReceiptNotice>, StoreError> {
+    let row =
+        sqlx::query("SELECT sender FROM messages WHERE timeline_of = $1 AND message_id = $2 AND convers_with = $3")
+            .bind(reader.as_str())
+            .bind(message_id.as_str())
+            .bind(convers_with.as_str())
+            .fetch_optional(&mut **tx)
+            .await?;
+    let Some(row) = row else {
+        // Not in the reader's timeline there: someone else's message, or none at all.
         return Ok(None);
     };
-    // Inside a write: failing here would fail the whole batch on every retry. A sender that
-    // is not an id (a replayed message carries its sender unchecked) cannot be told anyway.
+    let sender: Option<String> = row.try_get("sender")?;
+    raise_status(tx, reader, convers_with, message_id, status::RECEIVED).await?;
+    let Some(sender) = sender else {
+        return Ok(None);
+    };
+    if sender == reader.as_str() {
+        // A receipt on one's own message tells nobody.
+        return Ok(None);
+    }
+    if sender == convers_with.as_str() {
+        // Direct: the sender's own copy, in its conversation with the reader.
+        raise_status(tx, convers_with, reader, message_id, status::RETURN_RECEIPT).await?;
+        return Ok(Some(ReceiptNotice {
+            app: app.clone(),
+            to: convers_with.clone(),
+            convers_with: reader.clone(),
+            message_id: message_id.clone(),
+        }));
+    }
+    // A group's: `convers_with` is the group. Inside a write: failing here would fail the
+    // whole batch on every retry, and a sender that is not an id (a replayed message carries
+    // its sender unchecked) cannot be told anyway.
     let Ok(sender) = UserId::parse(&sender) else {
         tracing::error!(group = %convers_with, message_id = %message_id, sender, "stored sender is not an id; receipt not passed on");
         return Ok(None);
     };
-    raise_status(tx, &sender, message_id, status::RETURN_RECEIPT).await?;
-    Ok(Some(GroupReceipt {
+    raise_status(tx, convers_with, convers_with, message_id, status::RETURN_RECEIPT).await?;
+    raise_status(tx, &sender, convers_with, message_id, status::RETURN_RECEIPT).await?;
+    Ok(Some(ReceiptNotice {
         app: app.clone(),
-        sender,
-        group: convers_with.clone(),
+        to: sender,
+        convers_with: convers_with.clone(),
         message_id: message_id.clone(),
     }))
 }

@@ -242,11 +242,6 @@ impl Store {
 /// conversation updates touch only rows that exist (no stub rows).
 async fn update(tx: &mut sql::Tx<'_>, at: WriteIndex, w: &Write, applied: &mut Applied) -> Result<(), StoreError> {
     match w {
-        Write::MessageStatus {
-            timeline_of,
-            message_id,
-            status,
-        } => messages::raise_status(tx, timeline_of, message_id, *status).await?,
         Write::ConversationIsNew {
             timeline_of,
             convers_with,
@@ -261,14 +256,14 @@ async fn update(tx: &mut sql::Tx<'_>, at: WriteIndex, w: &Write, applied: &mut A
                 applied.add(at, |c| c.archived.push(conv));
             }
         }
-        Write::GroupReceipt {
+        Write::Receipt {
             app,
             reader,
             convers_with,
             message_id,
         } => {
-            if let Some(r) = messages::group_receipt(tx, app, reader, convers_with, message_id).await? {
-                applied.add(at, |c| c.group_receipts.push(r));
+            if let Some(r) = messages::receipt(tx, app, reader, convers_with, message_id).await? {
+                applied.add(at, |c| c.receipts.push(r));
             }
         }
         Write::Group(g) => groups::upsert(tx, g).await?,
@@ -421,13 +416,13 @@ mod tests {
         let (_dir, store) = temp_store().await;
         let m = serde_json::json!({"message_id": "m", "sender": "not an id", "timestamp": 1});
         let replayed = TimelineCopy {
-            timeline_of: "G".into(),
+            timeline_of: "R".into(),
             convers_with: "G".into(),
             is_new: false,
             message: Sealed::new(Message::from_fields(m.as_object().unwrap().clone())),
         };
         apply(&store, &[Write::Message(replayed)]).await;
-        let receipt = Write::GroupReceipt {
+        let receipt = Write::Receipt {
             app: "a".into(),
             reader: "R".into(),
             convers_with: "G".into(),
@@ -508,13 +503,14 @@ mod tests {
             .is_empty());
     }
 
-    /// The store tells a group message's original sender from a direct message's, and hands
-    /// the answer to the receipt's own write.
+    /// A receipt counts only where the reader's own timeline holds the message; the store
+    /// tells a group message's original sender from a direct message's, raises the sender's
+    /// side, and hands whom to tell to the receipt's own write.
     #[tokio::test]
-    async fn group_receipts_find_the_original_sender() {
+    async fn receipts_are_checked_against_the_readers_timeline() {
         let (_dir, store) = temp_store().await;
-        let msg = |timeline: &str, with: &str, sender: &str, status: i64| {
-            let m = serde_json::json!({"message_id": "m", "sender": sender, "timestamp": 1, "status": status});
+        let msg = |timeline: &str, with: &str, id: &str, sender: &str, status: i64| {
+            let m = serde_json::json!({"message_id": id, "sender": sender, "timestamp": 1, "status": status});
             Write::Message(TimelineCopy {
                 timeline_of: timeline.into(),
                 convers_with: with.into(),
@@ -522,31 +518,57 @@ mod tests {
                 message: Sealed::new(Message::from_fields(m.as_object().unwrap().clone())),
             })
         };
-        // A group message from S: S's member copy, R's, and the group timeline G.
+        // A group message "g" from S (S's member copy, R's, the group timeline G) and a direct
+        // message "d" from D to R (D's copy, R's).
         apply(
             &store,
             &[
-                msg("S", "G", "S", 150),
-                msg("R", "G", "S", 150),
-                msg("G", "G", "S", 100),
+                msg("S", "G", "g", "S", 150),
+                msg("R", "G", "g", "S", 150),
+                msg("G", "G", "g", "S", 100),
+                msg("D", "R", "d", "D", 100),
+                msg("R", "D", "d", "D", 150),
             ],
         )
         .await;
-        let receipt = |reader: &str, with: &str| Write::GroupReceipt {
+        let receipt = |reader: &str, with: &str, id: &str| Write::Receipt {
             app: "a".into(),
             reader: reader.into(),
             convers_with: with.into(),
-            message_id: "m".into(),
+            message_id: id.into(),
         };
-        let mut applied = apply(&store, &[receipt("R", "G")]).await;
-        let told = applied.take(0..1).group_receipts;
-        assert_eq!((told[0].sender.as_str(), told[0].group.as_str()), ("S", "G"));
-        assert_eq!(store.message("S", "m").await.unwrap().unwrap().status, 250);
-        // A direct message's receipt (the copy in `with`'s timeline is with's own) and the
-        // sender's own receipt are not forwarded; unknown messages neither.
-        apply(&store, &[msg("D", "R", "D", 100)]).await;
-        let mut applied = apply(&store, &[receipt("R", "D"), receipt("S", "G"), receipt("R", "nowhere")]).await;
+        let status = |timeline: &'static str, id: &'static str| {
+            let store = store.clone();
+            async move { store.message(timeline, id).await.unwrap().unwrap().status }
+        };
+        // Someone who did not receive them: nothing changes, nobody is told.
+        let mut applied = apply(
+            &store,
+            &[receipt("T", "D", "d"), receipt("T", "G", "g"), receipt("T", "S", "g")],
+        )
+        .await;
         assert!(applied.take(0..3).is_empty());
+        assert_eq!(
+            (status("D", "d").await, status("S", "g").await, status("G", "g").await),
+            (100, 150, 100)
+        );
+        // The wrong conversation of the right reader: neither.
+        assert!(apply(&store, &[receipt("R", "S", "g")]).await.take(0..1).is_empty());
+        assert_eq!(status("S", "g").await, 150);
+
+        let mut applied = apply(&store, &[receipt("R", "G", "g"), receipt("R", "D", "d")]).await;
+        let group = applied.take(0..1).receipts;
+        assert_eq!((group[0].to.as_str(), group[0].convers_with.as_str()), ("S", "G"));
+        let direct = applied.take(1..2).receipts;
+        assert_eq!((direct[0].to.as_str(), direct[0].convers_with.as_str()), ("D", "R"));
+        assert_eq!(
+            (status("R", "g").await, status("S", "g").await, status("G", "g").await),
+            (200, 250, 250)
+        );
+        assert_eq!((status("R", "d").await, status("D", "d").await), (200, 250));
+        // The sender's own receipt, and an unknown message, tell nobody.
+        let mut applied = apply(&store, &[receipt("S", "G", "g"), receipt("R", "nowhere", "g")]).await;
+        assert!(applied.take(0..2).is_empty());
     }
 
     #[tokio::test]

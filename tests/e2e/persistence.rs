@@ -224,7 +224,8 @@ async fn store_outage_mid_stream_loses_nothing() {
 
 /// Receipts (§5): U2 acknowledges U1's message → U1 gets a 250 update on its own inbox; the
 /// store has 200 in U2's timeline and 250 in U1's; a receipt for an unknown message creates
-/// no row; statuses other than 200 are ignored and counted.
+/// no row; statuses other than 200 are ignored and counted; a third party's receipt, or the
+/// reader's in another conversation, changes nothing and tells nobody.
 async fn receipt_flow(db: Db) {
     let b = broker();
     let e = engine_with(b, db, &[]).await;
@@ -249,6 +250,16 @@ async fn receipt_flow(db: Db) {
     c1.messages(2, Duration::from_secs(10)).await; // warm-up copy and own copy
 
     let t = e.topics();
+    // A third party who knows the message id, and the reader in the wrong conversation: the
+    // sender is told nothing (it would look like a read receipt), nothing is stored.
+    let u3 = fresh("u");
+    let mut c3 = Mqtt::connect(b, &e.app, &u3, Via::Tcp).await;
+    c3.publish_acked(&t.receipt(&e.app, &u3, &u1, "m1"), br#"{"status":200}"#)
+        .await
+        .unwrap();
+    c2.publish_acked(&t.receipt(&e.app, &u2, &u3, "m1"), br#"{"status":200}"#)
+        .await
+        .unwrap();
     c2.publish_acked(&t.receipt(&e.app, &u2, &u1, "m1"), br#"{"status":200}"#)
         .await
         .unwrap();
@@ -265,6 +276,7 @@ async fn receipt_flow(db: Db) {
         format!("apps/{}/users/{u1}/messages/{u2}/m1/clientupdated", e.app)
     );
     assert_eq!(got[0].1, json!({"timelineOf": u1, "message_id": "m1", "status": 250}));
+    nothing_more(std::slice::from_mut(&mut c1)).await;
 
     let (mine, theirs) = eventually("statuses", || async {
         let a = store.message(&u2, "m1").await.unwrap()?;

@@ -70,6 +70,32 @@ async fn block_then_unblock_a_direct_sender() {
     assert_eq!(history_len(&e, &bb, &a).await, 1);
 }
 
+/// A "group" the store does not know, addressed to the blocker's own user id: its
+/// group-timeline copy would land in the blocker's inbox (`users.B.messages.B`), so the
+/// blocker's list vetoes it like any other copy — transient and inline alike.
+#[tokio::test]
+async fn a_group_named_like_the_blocker_does_not_reach_the_blocker() {
+    let b = broker();
+    let e = EngineProc::start(b, &[]).await;
+    let (a, bb) = (fresh("A"), fresh("B"));
+    let mut cl = inboxes(b, &e, &[&a, &bb, &bb]).await;
+    let (front, back) = cl.split_at_mut(2);
+    block(&e, &mut front[1], &mut back[0], &a, true).await;
+    one(&mut front[1], &e).await;
+    for body in [
+        json!({"text": "transient", "channel_type": "group"}),
+        json!({"text": "inline", "channel_type": "group", "group": {"members": {&a: 1}}}),
+    ] {
+        send(&mut front[0], &e, &bb, body).await;
+        let (topic, m) = one(&mut front[0], &e).await;
+        assert_eq!(topic, format!("apps/{}/users/{a}/messages/{bb}/clientadded", e.app));
+        assert_eq!(m["status"], 150, "the sender's own member copy");
+    }
+    nothing_more(&mut cl).await;
+    assert_eq!(history_len(&e, &bb, &bb).await, 0, "nothing in the blocker's timeline");
+    assert_eq!(e.metric("chat21_blocked_deliveries_total").await, 2.0);
+}
+
 #[tokio::test]
 async fn a_member_who_blocked_the_sender_gets_no_group_copy_and_no_typing() {
     let b = broker();
