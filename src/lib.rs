@@ -78,6 +78,8 @@ impl Engine {
             trusted_senders,
             max_inline_group_members: p.max_inline_group_members,
             presence: config.topics.presence,
+            max_message_bytes: p.max_message_bytes,
+            max_fanout_bytes: p.max_fanout_bytes,
             checked_receipts: config.store.is_some(),
         };
         let caches = pipeline::CacheSizes {

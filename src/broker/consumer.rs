@@ -9,8 +9,9 @@
 //! - Publishes are issued in delivery order on one confirm-mode channel, so messages of one
 //!   sender to one conversation leave in the order the broker delivered them.
 //! - Confirms are awaited concurrently (a `FuturesUnordered` of per-input confirm sets):
-//!   never one confirm awaited before the next publish. The number of unconfirmed publishes
-//!   is bounded by `PUBLISH_WINDOW`; the number of inputs in flight by the prefetch.
+//!   never one confirm awaited before the next publish. Unconfirmed publishes are bounded by
+//!   `PUBLISH_WINDOW` in number and `MAX_IN_FLIGHT_BYTES` in bytes (each copy is framed on
+//!   its own, so a group's fan-out weighs its copies); inputs in flight by the prefetch.
 //! - Publishes never wait for lapin's writer thread inside the loop (see `publish`).
 //! - An input is acked only after every publish it caused is confirmed; acks are coalesced
 //!   into `multiple=true` frames (see `acks.rs`). A nacked publish puts the input back on
@@ -34,7 +35,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::acks::AckTracker;
 use super::{topology, BrokerError, EXCHANGE};
-use crate::handlers::Input;
 use crate::metrics::Outcome;
 use crate::pipeline::Delivery;
 use crate::plan::{Publish, Rejection};
@@ -52,10 +52,26 @@ struct Settled {
     tag: u64,
     acker: Acker,
     kind: &'static str,
-    publishes: usize,
+    sent: InFlight,
     all_acked: bool,
     /// Refused with the sender told (§8): counted as rejected once its notice is confirmed.
     refused: bool,
+}
+
+/// Publishes sent and not yet confirmed, in number and in bytes.
+#[derive(Debug, Default, Clone, Copy)]
+struct InFlight {
+    publishes: usize,
+    bytes: usize,
+}
+
+impl InFlight {
+    fn of(publishes: &[Publish]) -> InFlight {
+        InFlight {
+            publishes: publishes.len(),
+            bytes: publishes.iter().map(|p| p.bytes().len()).sum(),
+        }
+    }
 }
 
 type Pending = FuturesUnordered<Pin<Box<dyn Future<Output = Settled> + Send>>>;
@@ -104,7 +120,7 @@ pub async fn run_session(
         publish_ch: &publish_ch,
         pending: Pending::new(),
         acks: AckTracker::default(),
-        unconfirmed: 0,
+        unconfirmed: InFlight::default(),
     };
     let result = session.pump(&mut consumer, &consume_ch, shutdown).await;
     // Whatever is still unacked will never be acked on this channel: the broker requeues it.
@@ -120,7 +136,7 @@ struct Session<'a> {
     publish_ch: &'a Channel,
     pending: Pending,
     acks: AckTracker<Acker>,
-    unconfirmed: usize,
+    unconfirmed: InFlight,
 }
 
 impl Session<'_> {
@@ -188,13 +204,17 @@ impl Session<'_> {
         let key = delivery.routing_key.as_str();
         let inbound = engine.pipeline.topics().parse(key);
         let kind = inbound.as_ref().map_or("unknown", Inbound::kind);
-        let decision = match inbound.and_then(|i| Input::parse(i, &delivery.data)) {
-            Ok(input) => match engine.pipeline.decide(input, &self.lookups, now_ms(), shutdown).await {
+        let now = now_ms();
+        let admitted = inbound
+            .map_err(Rejection::Drop)
+            .and_then(|i| engine.pipeline.admit(i, &delivery.data, now));
+        let decision = match admitted {
+            Ok(input) => match engine.pipeline.decide(input, &self.lookups, now, shutdown).await {
                 Some(decision) => decision,
                 // Shut down while waiting for the store: the broker gets the input back.
                 None => return Ok(()),
             },
-            Err(reason) => Err(Rejection::Drop(reason)),
+            Err(rejection) => Err(rejection),
         };
         let (publishes, commit, refused) = match decision {
             Err(Rejection::Drop(reason)) => {
@@ -221,7 +241,8 @@ impl Session<'_> {
                 (plan.publishes, commit, false)
             }
         };
-        self.make_room(publishes.len()).await?;
+        let sent = InFlight::of(&publishes);
+        self.make_room(sent).await?;
         let sends = publishes
             .into_iter()
             .map(|p| publish(self.publish_ch, p))
@@ -232,8 +253,8 @@ impl Session<'_> {
             (Some(writer), Some((writes, changes))) => Some((writer.submit(writes).await, changes)),
             _ => None,
         };
-        let publishes = sends.len();
-        self.unconfirmed += publishes;
+        self.unconfirmed.publishes += sent.publishes;
+        self.unconfirmed.bytes += sent.bytes;
         let acker = delivery.acker;
         let channel = self.publish_ch.clone();
         self.pending.push(Box::pin(async move {
@@ -266,7 +287,7 @@ impl Session<'_> {
                 tag,
                 acker,
                 kind,
-                publishes,
+                sent,
                 all_acked,
                 refused,
             }
@@ -274,10 +295,12 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Keep the unconfirmed-publish window bounded: settle older inputs first if needed.
-    async fn make_room(&mut self, wanted: usize) -> Result<(), BrokerError> {
-        let window = self.engine.config.broker.publish_window;
-        while self.unconfirmed + wanted > window {
+    /// Keep the unconfirmed publishes bounded, in number and in bytes: settle older inputs
+    /// first if needed.
+    async fn make_room(&mut self, wanted: InFlight) -> Result<(), BrokerError> {
+        let broker = &self.engine.config.broker;
+        let (window, bytes) = (broker.publish_window, broker.in_flight_bytes);
+        while self.unconfirmed.publishes + wanted.publishes > window || self.unconfirmed.bytes + wanted.bytes > bytes {
             match self.pending.next().await {
                 Some(settled) => self.finish(settled).await?,
                 None => break, // a single plan larger than the window still goes out
@@ -287,7 +310,8 @@ impl Session<'_> {
     }
 
     async fn finish(&mut self, s: Settled) -> Result<(), BrokerError> {
-        self.unconfirmed -= s.publishes;
+        self.unconfirmed.publishes -= s.sent.publishes;
+        self.unconfirmed.bytes -= s.sent.bytes;
         self.engine.metrics.in_flight_add(-1);
         if s.all_acked {
             let outcome = if s.refused {

@@ -85,6 +85,8 @@ pub struct BrokerConfig {
     pub queue_name: String,
     pub prefetch: u16,
     pub publish_window: usize,
+    /// Bytes of unconfirmed publishes at once (`MAX_IN_FLIGHT_BYTES`).
+    pub in_flight_bytes: usize,
 }
 
 /// Minted tokens.
@@ -110,6 +112,10 @@ pub struct TopicConfig {
 pub struct PolicyConfig {
     pub trusted_senders: Vec<String>,
     pub max_inline_group_members: usize,
+    /// Largest input body (`MAX_MESSAGE_BYTES`).
+    pub max_message_bytes: usize,
+    /// Most bytes one message may fan out to (`MAX_FANOUT_BYTES`).
+    pub max_fanout_bytes: usize,
     pub group_cache_size: u64,
     pub block_cache_size: u64,
     /// TTL of the group and block-list caches.
@@ -166,6 +172,9 @@ struct Raw {
     prefetch_messages: u16,
     database_url: String,
     publish_window: u32,
+    max_in_flight_bytes: usize,
+    max_message_bytes: usize,
+    max_fanout_bytes: usize,
     trusted_senders: String,
     max_inline_group_members: usize,
     group_cache_size: u64,
@@ -286,6 +295,16 @@ impl Config {
         if raw.publish_window == 0 {
             return Err(bad("PUBLISH_WINDOW must be at least 1"));
         }
+        if raw.max_message_bytes == 0 {
+            return Err(bad("MAX_MESSAGE_BYTES must be at least 1"));
+        }
+        // A direct message is two copies: the budget must let every accepted one through.
+        if raw.max_fanout_bytes < raw.max_message_bytes.saturating_mul(2) {
+            return Err(bad("MAX_FANOUT_BYTES must be at least 2 × MAX_MESSAGE_BYTES"));
+        }
+        if raw.max_in_flight_bytes < raw.max_fanout_bytes {
+            return Err(bad("MAX_IN_FLIGHT_BYTES must be at least MAX_FANOUT_BYTES"));
+        }
         if raw.queue_name.is_empty() || raw.queue_name.len() > 255 || raw.queue_name.starts_with("amq.") {
             return Err(bad("QUEUE_NAME must be 1..255 bytes and not start with amq."));
         }
@@ -335,6 +354,7 @@ impl Config {
                 queue_name: raw.queue_name,
                 prefetch: raw.prefetch_messages,
                 publish_window: raw.publish_window as usize,
+                in_flight_bytes: raw.max_in_flight_bytes,
             },
             jwt: JwtConfig {
                 secret: raw.jwt_secret.map(Secret::new),
@@ -351,6 +371,8 @@ impl Config {
             policy: PolicyConfig {
                 trusted_senders,
                 max_inline_group_members: raw.max_inline_group_members,
+                max_message_bytes: raw.max_message_bytes,
+                max_fanout_bytes: raw.max_fanout_bytes,
                 group_cache_size: raw.group_cache_size,
                 block_cache_size: raw.block_cache_size,
                 cache_ttl,

@@ -70,6 +70,9 @@ pub const VARIABLES: &[Variable] = &[
     var("QUEUE_NAME", "chat21.engine", "Durable queue the engine consumes (shared by all engine replicas)"),
     var("PREFETCH_MESSAGES", "1024", "Unacked inputs in flight (bounds memory and the publish-confirm window)"),
     var("PUBLISH_WINDOW", "4096", "Most publishes awaiting a broker confirm at once (older inputs settle first)"),
+    var("MAX_IN_FLIGHT_BYTES", "67108864", "Most bytes of publishes awaiting a broker confirm at once (older inputs settle first); bounds memory whatever the message sizes"),
+    var("MAX_MESSAGE_BYTES", "65536", "Largest input body; a larger one is rejected too_large (a sender is told, without the body)"),
+    var("MAX_FANOUT_BYTES", "33554432", "Most bytes one message may fan out to (body size × copies, e.g. a group's members); more is rejected too_large. At least 2 × MAX_MESSAGE_BYTES"),
     // Store.
     url("DATABASE_URL", "sqlite://./data/chat21.db", "Store: sqlite://PATH (embedded, created on first run), postgres://USER:PASS@HOST/DB, or off"),
     // Groups and policies.

@@ -169,6 +169,23 @@ impl Message {
         self.fields.insert("text".into(), text.into());
     }
 
+    /// The fields that say which message this is, without its content: what a refusal for
+    /// size carries back (the content is what was too large).
+    pub fn identity(&self) -> Message {
+        let fields = [
+            "message_id",
+            "sender",
+            "recipient",
+            "app_id",
+            "timestamp",
+            "channel_type",
+        ]
+        .iter()
+        .filter_map(|k| self.fields.get(*k).map(|v| (k.to_string(), v.clone())))
+        .collect();
+        Message { fields }
+    }
+
     /// This message refused (§8): `status:-100` and `error:{code, reason}`.
     pub fn refused(mut self, reason: RejectReason, why: &str) -> Message {
         self.set_status(status::FAILED);

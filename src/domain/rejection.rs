@@ -35,6 +35,9 @@ pub enum RejectReason {
     /// The content filter refused the text (too long, or a deny pattern with action
     /// `reject`); the sender is told.
     ContentRejected,
+    /// The body is larger than `MAX_MESSAGE_BYTES`, or a message would fan out to more than
+    /// `MAX_FANOUT_BYTES` (body size × copies); a sender is told.
+    TooLarge,
 }
 
 impl RejectReason {
@@ -52,6 +55,7 @@ impl RejectReason {
         RejectReason::BadPayload,
         RejectReason::RateLimited,
         RejectReason::ContentRejected,
+        RejectReason::TooLarge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -69,6 +73,7 @@ impl RejectReason {
             RejectReason::BadPayload => "bad_payload",
             RejectReason::RateLimited => "rate_limited",
             RejectReason::ContentRejected => "content_rejected",
+            RejectReason::TooLarge => "too_large",
         }
     }
 }

@@ -52,6 +52,18 @@ pub(super) fn send(
 
     // Every member copy carries the same message: sealed (serialized) once, shared.
     let delivered = Sealed::new(msg.clone().with_status(status::DELIVERED));
+    // Shared here, but each copy is framed for the broker and stored on its own: one message
+    // must not amplify into unbounded memory and store work.
+    let copies = members.len() + 1;
+    if delivered.json().len().saturating_mul(copies) > ctx.settings.max_fanout_bytes {
+        let key = topics.message_added(app, sender, group_id)?;
+        let why = format!(
+            "{copies} copies of {} bytes exceed the fan-out budget of {} bytes",
+            delivered.json().len(),
+            ctx.settings.max_fanout_bytes
+        );
+        return Err(Rejection::refuse(key, msg.identity(), RejectReason::TooLarge, &why));
+    }
     let mut publishes = Vec::with_capacity(members.len() + 1);
     // Fix D1: `hiddenFor` skips that member only, not every member after it.
     for m in members

@@ -37,6 +37,10 @@ pub struct Settings {
     pub max_inline_group_members: usize,
     /// Presence inputs are handled (`PRESENCE_ENABLED`).
     pub presence: bool,
+    /// Largest input body (`MAX_MESSAGE_BYTES`).
+    pub max_message_bytes: usize,
+    /// Most bytes one message may fan out to: body size × copies (`MAX_FANOUT_BYTES`).
+    pub max_fanout_bytes: usize,
     /// A store is configured: receipts are checked against the reader's stored timeline and
     /// passed on after the commit. Without one they are passed on unchecked.
     pub checked_receipts: bool,
@@ -88,6 +92,35 @@ impl Input {
             Inbound::Archive { .. } | Inbound::Block { .. } => Payload::Ignored,
         };
         Ok(Input { inbound, payload })
+    }
+
+    /// [`Input::parse`] after the size check: a body over `MAX_MESSAGE_BYTES` is refused
+    /// before it is read. A sender is told, in a notice that does not carry the body (it
+    /// would be the oversized input again); other inputs are dropped.
+    pub fn admit(
+        topics: &Topics,
+        inbound: Inbound,
+        body: &[u8],
+        settings: &Settings,
+        now_ms: i64,
+    ) -> Result<Input, Rejection> {
+        if body.len() <= settings.max_message_bytes {
+            return Ok(Self::parse(inbound, body)?);
+        }
+        let Inbound::Send { app, sender, recipient } = &inbound else {
+            return Err(RejectReason::TooLarge.into());
+        };
+        let Ok(key) = topics.message_added(app, sender, recipient) else {
+            return Err(RejectReason::TooLarge.into());
+        };
+        let mut notice = Message::from_fields(Default::default());
+        notice.stamp(app, sender, recipient, || uuid::Uuid::new_v4().to_string(), now_ms);
+        let why = format!(
+            "the message is {} bytes; at most {} are accepted",
+            body.len(),
+            settings.max_message_bytes
+        );
+        Err(Rejection::refuse(key, notice, RejectReason::TooLarge, &why))
     }
 
     /// The group this input's handler needs to know about: the recipient of a group message,
@@ -207,7 +240,82 @@ pub(crate) mod testing {
             trusted_senders: std::collections::HashSet::from(["system".into()]),
             max_inline_group_members: 100,
             presence: true,
+            max_message_bytes: 65536,
+            max_fanout_bytes: 32 << 20,
             checked_receipts: true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::settings;
+    use super::*;
+    use crate::plan::Rejection;
+
+    #[test]
+    fn an_oversized_body_is_refused_before_it_is_read() {
+        let t = Topics::chat21("tilechat");
+        let s = Settings {
+            max_message_bytes: 16,
+            ..settings()
+        };
+        let at_limit = br#"{"text":"12345"}"#;
+        assert_eq!(at_limit.len(), 16);
+        let send = || t.parse(&t.outgoing("U1", "U2")).unwrap();
+        assert!(Input::admit(&t, send(), at_limit, &s, 7).is_ok());
+        // One byte more, and not even JSON: the size decides first.
+        match Input::admit(&t, send(), b"{\"text\":\"1234567\"", &s, 7) {
+            Err(Rejection::Refuse { reason, notice }) => {
+                assert_eq!(reason, RejectReason::TooLarge);
+                assert_eq!(notice.key, "apps.tilechat.users.U1.messages.U2.clientadded");
+                let n: serde_json::Value = serde_json::from_slice(notice.bytes()).unwrap();
+                assert_eq!(
+                    (n["status"].as_i64(), n["error"]["code"].as_str()),
+                    (Some(-100), Some("too_large"))
+                );
+                assert_eq!(
+                    (n["sender"].as_str(), n["recipient"].as_str()),
+                    (Some("U1"), Some("U2"))
+                );
+                assert!(n.get("text").is_none(), "the notice does not carry the body");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Nobody to tell for other inputs.
+        let receipt = t.parse(&t.receipt("tilechat", "U1", "U2", "m")).unwrap();
+        assert_eq!(
+            Input::admit(&t, receipt, &[b' '; 17], &s, 7).unwrap_err(),
+            Rejection::Drop(RejectReason::TooLarge)
+        );
+    }
+
+    #[test]
+    fn a_fan_out_over_budget_is_refused_and_the_sender_told() {
+        let t = Topics::chat21("tilechat");
+        let body = serde_json::json!({"text": "x".repeat(100), "channel_type": "group", "group": {"members": {"A": 1, "B": 1}}});
+        let body = body.to_string();
+        // Sender, A, B and the group timeline: 4 copies of about 250 bytes.
+        let run = |budget: usize| {
+            let s = Settings {
+                max_fanout_bytes: budget,
+                ..settings()
+            };
+            testing::handled(&t, &t.outgoing("S", "G"), &body, &[], &s)
+        };
+        assert_eq!(run(4096).unwrap().publishes.len(), 4);
+        match run(600) {
+            Err(Rejection::Refuse { reason, notice }) => {
+                assert_eq!(reason, RejectReason::TooLarge);
+                assert_eq!(notice.key, "apps.tilechat.users.S.messages.G.clientadded");
+                let n: serde_json::Value = serde_json::from_slice(notice.bytes()).unwrap();
+                assert!(
+                    n.get("text").is_none() && n.get("group").is_none(),
+                    "without the content: {n}"
+                );
+                assert_eq!(n["message_id"], "id");
+            }
+            other => panic!("{other:?}"),
         }
     }
 }

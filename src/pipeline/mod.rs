@@ -106,6 +106,11 @@ impl Pipeline {
         &self.chain
     }
 
+    /// The input a delivery is, if its size and body are acceptable (see [`Input::admit`]).
+    pub fn admit(&self, inbound: crate::topic::Inbound, body: &[u8], now_ms: i64) -> Result<Input, Rejection> {
+        Input::admit(&self.topics, inbound, body, &self.settings, now_ms)
+    }
+
     /// Decide what `input` does. Store reads are retried until the store answers; `None`:
     /// shutdown came first (the source gives the input back).
     pub async fn decide<L: Lookups>(

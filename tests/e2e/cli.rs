@@ -131,6 +131,14 @@ fn configuration_errors_are_one_line_and_exit_2() {
         ),
         (vec![("RABBITMQ_USER", "u"), ("CACHE_TTL", "0")], "CACHE_TTL"),
         (
+            vec![("RABBITMQ_USER", "u"), ("MAX_MESSAGE_BYTES", "20000000")],
+            "MAX_FANOUT_BYTES",
+        ),
+        (
+            vec![("RABBITMQ_USER", "u"), ("MAX_IN_FLIGHT_BYTES", "1000")],
+            "MAX_IN_FLIGHT_BYTES",
+        ),
+        (
             vec![("RABBITMQ_USER", "u"), ("TRUSTED_SENDERS", "a,b c")],
             "TRUSTED_SENDERS",
         ),

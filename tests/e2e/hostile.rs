@@ -49,3 +49,103 @@ async fn a_topic_that_is_not_utf8_is_rejected_and_traffic_flows() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(engine.metric("chat21_broker_reconnects_total").await, 0.0);
 }
+
+/// Peak resident memory of a process, in MiB (`VmHWM`).
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+/// A body of about `bytes` bytes: a message whose text is that long.
+fn big_message(bytes: usize, extra: serde_json::Value) -> Vec<u8> {
+    let mut m = serde_json::json!({ "text": "x".repeat(bytes) });
+    if let (Some(m), serde_json::Value::Object(extra)) = (m.as_object_mut(), extra) {
+        m.extend(extra);
+    }
+    m.to_string().into_bytes()
+}
+
+/// Size budgets through the real broker (raw MQTT publishes: a client library caps packet
+/// sizes): a 4 MiB body over MAX_MESSAGE_BYTES is refused and its sender told; a 2 MiB
+/// message to 100 inline members is over MAX_FANOUT_BYTES; a 4 MiB message under raised
+/// limits is delivered. The engine stays up, traffic flows, and its peak RSS is reported
+/// (printed; bounded loosely here, measured in the README).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_inputs_are_refused_and_memory_stays_bounded() {
+    let b = broker();
+    for (limits, case) in [
+        (&[][..], "defaults"),
+        (&[("MAX_MESSAGE_BYTES", "4194304")][..], "4 MiB messages allowed"),
+    ] {
+        let e = EngineProc::start(b, limits).await;
+        let app = e.app.clone();
+        let t = e.topics();
+        let (s, r) = (fresh("s"), fresh("r"));
+        let mut sender = Mqtt::connect(b, &app, &s, Via::Tcp).await;
+        sender.subscribe_inbox().await;
+        let tap = Tap::new(b, &format!("apps.{app}.users.*.messages.*.clientadded")).await;
+        let mqtt_topic = |key: String| key.replace('.', "/").into_bytes();
+        let token = b.token(&app, &s);
+
+        let expect_refusal = |got: Vec<(String, serde_json::Value)>, what: &str| {
+            assert_eq!(got.len(), 1, "{case}: {what}: the sender is told");
+            assert_eq!(got[0].1["status"], -100, "{case}: {what}");
+            assert_eq!(got[0].1["error"]["code"], "too_large", "{case}: {what}");
+        };
+        if limits.is_empty() {
+            raw_publish(
+                b,
+                &token,
+                &mqtt_topic(t.outgoing(&s, &r)),
+                &big_message(4 << 20, serde_json::json!({})),
+            )
+            .await
+            .expect("a 4 MiB publish");
+            expect_refusal(sender.messages(1, WAIT).await, "4 MiB over MAX_MESSAGE_BYTES");
+        } else {
+            let members: serde_json::Map<String, serde_json::Value> =
+                (0..100).map(|i| (format!("m{i}"), 1.into())).collect();
+            let group = serde_json::json!({"channel_type": "group", "group": {"members": members}});
+            raw_publish(
+                b,
+                &token,
+                &mqtt_topic(t.outgoing(&s, &fresh("group-"))),
+                &big_message(2 << 20, group),
+            )
+            .await
+            .expect("a 2 MiB publish");
+            expect_refusal(sender.messages(1, WAIT).await, "2 MiB to 100 members");
+            // Accepted: 4 MiB direct, from a client not subscribed (its own copy is 4 MiB).
+            let other = fresh("s");
+            raw_publish(
+                b,
+                &b.token(&app, &other),
+                &mqtt_topic(t.outgoing(&other, &r)),
+                &big_message((4 << 20) - 100, serde_json::json!({})),
+            )
+            .await
+            .expect("a 4 MiB publish");
+            let deadline = std::time::Instant::now() + WAIT;
+            let mut copies = Vec::new();
+            while copies.len() < 2 && std::time::Instant::now() < deadline {
+                let big = |m: &serde_json::Value| m["text"].as_str().is_some_and(|t| t.len() > 1 << 20);
+                copies.extend(tap.drain().await.into_iter().filter(|(_, m)| big(m)));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert_eq!(copies.len(), 2, "{case}: both copies of the 4 MiB message");
+        }
+        // And normal traffic flows after it.
+        send(&mut sender, &e, &r, serde_json::json!({"text": "small"})).await;
+        let (_, own) = one(&mut sender, &e).await;
+        assert_eq!(own["text"], "small");
+        assert_eq!(http_get(e.http_port, "/readyz").await.unwrap().0, 200);
+        let rss = peak_rss_mib(e.child.id());
+        eprintln!("size budgets, {case}: engine peak RSS {rss:.1} MiB");
+        assert!(rss < 256.0, "{case}: peak RSS {rss:.1} MiB");
+    }
+}
