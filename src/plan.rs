@@ -76,6 +76,10 @@ pub struct TimelineCopy {
     pub is_new: bool,
     /// The message as published (status included).
     pub message: Arc<Sealed>,
+    /// When the engine received the input, by its own clock (epoch ms): what orders a
+    /// conversation's last message (§11). Never the client's `timestamp`, which the message
+    /// keeps as sent — a client stamping the far future must not freeze a conversation.
+    pub received_ms: i64,
 }
 
 impl TimelineCopy {
@@ -215,7 +219,7 @@ pub enum Rejection {
     /// Refused, and the sender told (§8): `notice` is the sender's own copy of its message
     /// with `status:-100` and `error:{code, reason}`. Not a timeline copy: a refused message
     /// is not persisted. Acked once the notice is confirmed.
-    Refuse { reason: RejectReason, notice: Publish },
+    Refuse { reason: RejectReason, notice: Box<Publish> },
 }
 
 impl Rejection {
@@ -224,7 +228,7 @@ impl Rejection {
         let notice = msg.refused(reason, why);
         Rejection::Refuse {
             reason,
-            notice: Publish::json(key, notice.fields()),
+            notice: Box::new(Publish::json(key, notice.fields())),
         }
     }
 

@@ -234,7 +234,7 @@ impl Session<'_> {
                     "input refused; the sender is told"
                 );
                 engine.metrics.rejected(reason);
-                (vec![notice], None, true)
+                (vec![*notice], None, true)
             }
             Ok(Delivery { plan, changes }) => {
                 let commit = (!plan.writes.is_empty()).then_some((plan.writes, changes));

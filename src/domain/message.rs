@@ -169,6 +169,23 @@ impl Message {
         self.fields.insert("text".into(), text.into());
     }
 
+    /// Remove what makes a message look like the system's: `attributes.subtype` "info…" (the
+    /// label clients render as a notice, not as a user's words) and `attributes.messagelabel`
+    /// (the key clients translate, e.g. MEMBER_JOINED_GROUP). Only trusted senders may send
+    /// those (§4): from anyone else they would impersonate the system.
+    pub fn strip_system_attributes(&mut self) {
+        if let Some(Value::Object(attrs)) = self.fields.get_mut("attributes") {
+            if attrs
+                .get("subtype")
+                .and_then(Value::as_str)
+                .is_some_and(|s| s.starts_with("info"))
+            {
+                attrs.remove("subtype");
+            }
+            attrs.remove("messagelabel");
+        }
+    }
+
     /// The fields that say which message this is, without its content: what a refusal for
     /// size carries back (the content is what was too large).
     pub fn identity(&self) -> Message {

@@ -75,6 +75,7 @@ pub(super) fn send(
             convers_with: group_id.clone(),
             is_new: m != sender,
             message: delivered.clone(),
+            received_ms: ctx.now_ms,
         };
         let to = (m != sender).then(|| m.clone());
         publishes.push(Publish::copy(topics.message_added(app, m, group_id)?, copy, to));
@@ -85,7 +86,9 @@ pub(super) fn send(
     let key = topics.message_added(app, group_id, group_id)?;
     let sent = Sealed::new(msg.with_status(status::SENT));
     let veto = stored.is_none().then_some(group_id);
-    publishes.push(super::send::copy(key, group_id, group_id, false, sent, veto));
+    publishes.push(super::send::copy(
+        key, group_id, group_id, false, sent, veto, ctx.now_ms,
+    ));
     Ok(Plan::publishes(publishes))
 }
 

@@ -26,6 +26,9 @@ pub(super) fn replay(
         timeline_of: inbox.clone(),
         convers_with: convers_with.clone(),
         is_new,
+        // A replayed message takes its place in the conversation by its original time (the
+        // stamp a trusted service replays), not by when it was replayed.
+        received_ms: msg.timestamp(),
         message: Sealed::verbatim(msg, body),
     };
     // A trusted service's replay: not subject to block lists.

@@ -12,6 +12,9 @@ pub(super) fn send(
     mut msg: Message,
     ctx: &Context,
 ) -> Result<Plan, Rejection> {
+    if !ctx.settings.trusted_senders.contains(sender) {
+        msg.strip_system_attributes();
+    }
     if msg.is_group(recipient) {
         return super::group::send(topics, app, sender, recipient, msg, ctx);
     }
@@ -20,21 +23,24 @@ pub(super) fn send(
     let recipient_key = topics.message_added(app, recipient, sender)?;
 
     msg.stamp(app, sender, recipient, ctx.fresh_id, ctx.now_ms);
-    let sender_copy = copy(
-        sender_key,
-        sender,
-        recipient,
-        false,
-        Sealed::new(msg.clone().with_status(status::SENT)),
-        None,
-    );
+    let sent = Sealed::new(msg.clone().with_status(status::SENT));
+    let sender_copy = copy(sender_key, sender, recipient, false, sent, None, ctx.now_ms);
     let delivered = Sealed::new(msg.with_status(status::DELIVERED));
-    let recipient_copy = copy(recipient_key, recipient, sender, true, delivered, Some(recipient));
+    let recipient_copy = copy(
+        recipient_key,
+        recipient,
+        sender,
+        true,
+        delivered,
+        Some(recipient),
+        ctx.now_ms,
+    );
     Ok(Plan::publishes(vec![sender_copy, recipient_copy]))
 }
 
 /// A message copy for `timeline_of`'s conversation with `convers_with`, published at `key`.
-/// `to`: whose block list may veto it (None for the sender's own copy and group timelines).
+/// `to`: whose block list may veto it (None for the sender's own copy and stored groups'
+/// timelines); `received_ms`: the engine's receive time.
 pub(super) fn copy(
     key: String,
     timeline_of: &UserId,
@@ -42,12 +48,14 @@ pub(super) fn copy(
     is_new: bool,
     message: std::sync::Arc<Sealed>,
     to: Option<&UserId>,
+    received_ms: i64,
 ) -> Publish {
     let copy = TimelineCopy {
         timeline_of: timeline_of.clone(),
         convers_with: convers_with.clone(),
         is_new,
         message,
+        received_ms,
     };
     Publish::copy(key, copy, to.cloned())
 }
@@ -159,5 +167,23 @@ mod tests {
         let (s, r) = ("s".repeat(116), "r".repeat(116));
         let got = testing::handled(&t, &t.outgoing(&s, &r), "{}", &[], &testing::settings());
         assert_eq!(got.unwrap_err(), Rejection::Drop(RejectReason::KeyTooLong));
+    }
+
+    #[test]
+    fn only_trusted_senders_send_system_style_messages() {
+        let body = r#"{"text":"U2 joined","attributes":{"subtype":"info","messagelabel":{"key":"MEMBER_JOINED_GROUP"},"a":1}}"#;
+        let forged = run_with(body, "U1", "U2").unwrap();
+        let m: Value = serde_json::from_slice(forged.publishes[1].bytes()).unwrap();
+        assert_eq!(m["attributes"], json!({"a": 1}), "stripped from a user");
+        let system = run_with(body, "system", "U2").unwrap();
+        let m: Value = serde_json::from_slice(system.publishes[1].bytes()).unwrap();
+        assert_eq!(m["attributes"]["subtype"], "info", "kept from a trusted sender");
+        assert_eq!(m["attributes"]["messagelabel"]["key"], "MEMBER_JOINED_GROUP");
+        let other = run_with(r#"{"attributes":{"subtype":"custom"}}"#, "U1", "U2").unwrap();
+        let m: Value = serde_json::from_slice(other.publishes[1].bytes()).unwrap();
+        assert_eq!(
+            m["attributes"]["subtype"], "custom",
+            "other subtypes are the client's own"
+        );
     }
 }

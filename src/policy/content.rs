@@ -91,7 +91,7 @@ mod tests {
 
     fn refused(v: Verdict) -> (RejectReason, crate::plan::Publish) {
         match v {
-            Err(Rejection::Refuse { reason, notice }) => (reason, notice),
+            Err(Rejection::Refuse { reason, notice }) => (reason, *notice),
             other => panic!("not refused: {other:?}"),
         }
     }

@@ -33,7 +33,7 @@ impl<'a> Batch<'a> {
                 Write::Conversation(c) => match conv_index.get(&(c.timeline_of.as_str(), c.convers_with.as_str())) {
                     Some(&at) => {
                         let current: &TimelineCopy = b.conversations[at].1;
-                        if c.message().timestamp() >= current.message().timestamp() {
+                        if c.received_ms >= current.received_ms {
                             b.conversations[at] = (i, c);
                         }
                     }
@@ -61,6 +61,7 @@ mod tests {
             convers_with: "B".into(),
             is_new: true,
             message: Sealed::new(Message::from_fields(m.as_object().unwrap().clone())),
+            received_ms: m["timestamp"].as_i64().unwrap_or(1),
         }
     }
 

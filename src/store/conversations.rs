@@ -23,7 +23,7 @@ pub(super) async fn unarchived_by(
     rows: &[(WriteIndex, &TimelineCopy)],
 ) -> Result<Vec<(WriteIndex, Conversation)>, sqlx::Error> {
     let sql = format!(
-        "SELECT timeline_of, convers_with, timestamp FROM conversations WHERE archived = TRUE AND timeline_of IN {}",
+        "SELECT timeline_of, convers_with, received_at FROM conversations WHERE archived = TRUE AND timeline_of IN {}",
         placeholders(dialect, 1, rows.len(), None)
     );
     let mut q = sqlx::query(&sql);
@@ -35,7 +35,7 @@ pub(super) async fn unarchived_by(
         let (t, w, ts): (String, String, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
         let wins = rows
             .iter()
-            .find(|(_, c)| c.timeline_of == t && c.convers_with == w && c.message().timestamp() >= ts);
+            .find(|(_, c)| c.timeline_of == t && c.convers_with == w && c.received_ms >= ts);
         if let Some((i, c)) = wins {
             out.push((
                 *i,
@@ -52,8 +52,8 @@ pub(super) async fn unarchived_by(
     Ok(out)
 }
 
-/// Newest message wins: an older (or redelivered) message never replaces a newer last
-/// message. A new message un-archives the conversation (§6).
+/// Newest message wins, by the engine's receive time: an older (or redelivered) message never
+/// replaces a newer last message. A new message un-archives the conversation (§6).
 pub(super) async fn upsert(
     tx: &mut Tx<'_>,
     dialect: Dialect,
@@ -61,15 +61,15 @@ pub(super) async fn upsert(
 ) -> Result<(), sqlx::Error> {
     let sql = format!(
         "INSERT INTO conversations (timeline_of, convers_with, app_id, message_id, sender, recipient, status, \
-         timestamp, last_message_text, type, channel_type, attributes, is_new, archived, body) VALUES {} \
+         timestamp, last_message_text, type, channel_type, attributes, is_new, archived, body, received_at) VALUES {} \
          ON CONFLICT (timeline_of, convers_with) DO UPDATE SET \
          app_id = excluded.app_id, message_id = excluded.message_id, sender = excluded.sender, \
          recipient = excluded.recipient, status = excluded.status, timestamp = excluded.timestamp, \
          last_message_text = excluded.last_message_text, type = excluded.type, \
          channel_type = excluded.channel_type, attributes = excluded.attributes, is_new = excluded.is_new, \
-         archived = FALSE, body = excluded.body \
-         WHERE excluded.timestamp >= conversations.timestamp",
-        placeholders(dialect, rows.len(), 14, Some((13, "FALSE")))
+         archived = FALSE, body = excluded.body, received_at = excluded.received_at \
+         WHERE excluded.received_at >= conversations.received_at",
+        placeholders(dialect, rows.len(), 15, Some((13, "FALSE")))
     );
     let mut q = sqlx::query(&sql);
     for (_, c) in rows {
@@ -77,7 +77,8 @@ pub(super) async fn upsert(
         q = bind_copy(q, c)
             .bind(m.attributes().map(serde_json::Value::to_string))
             .bind(c.is_new)
-            .bind(json(m.fields()));
+            .bind(json(m.fields()))
+            .bind(c.received_ms);
     }
     q.execute(&mut **tx).await?;
     Ok(())
@@ -138,7 +139,7 @@ pub(super) async fn list(
 ) -> Result<Vec<Conversation>, StoreError> {
     let rows = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM conversations WHERE timeline_of = $1 AND archived = $2 \
-         ORDER BY timestamp DESC LIMIT $3"
+         ORDER BY received_at DESC LIMIT $3"
     ))
     .bind(timeline_of)
     .bind(archived)

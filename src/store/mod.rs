@@ -306,6 +306,7 @@ mod tests {
             convers_with: with.into(),
             is_new,
             message: Sealed::new(Message::from_fields(m.as_object().unwrap().clone())),
+            received_ms: m["timestamp"].as_i64().unwrap_or(1),
         }
     }
 
@@ -420,6 +421,7 @@ mod tests {
             convers_with: "G".into(),
             is_new: false,
             message: Sealed::new(Message::from_fields(m.as_object().unwrap().clone())),
+            received_ms: m["timestamp"].as_i64().unwrap_or(1),
         };
         apply(&store, &[Write::Message(replayed)]).await;
         let receipt = Write::Receipt {
@@ -516,6 +518,7 @@ mod tests {
                 convers_with: with.into(),
                 is_new: false,
                 message: Sealed::new(Message::from_fields(m.as_object().unwrap().clone())),
+                received_ms: m["timestamp"].as_i64().unwrap_or(1),
             })
         };
         // A group message "g" from S (S's member copy, R's, the group timeline G) and a direct

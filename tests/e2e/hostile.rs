@@ -149,3 +149,18 @@ async fn oversized_inputs_are_refused_and_memory_stays_bounded() {
         assert!(rss < 256.0, "{case}: peak RSS {rss:.1} MiB");
     }
 }
+
+/// A user cannot make a message look like the system's: `attributes.subtype:"info"` and
+/// `attributes.messagelabel` (what clients render as "U2 joined the group") are removed from
+/// a user's message; the rest of its attributes arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_style_attributes_are_the_systems_only() {
+    let b = broker();
+    let e = EngineTask::start(b, &[]).await;
+    let (u1, u2) = (fresh("u"), fresh("u"));
+    let mut cl = inboxes(b, &e, &[&u1, &u2]).await;
+    let body = serde_json::json!({"text": "U9 joined", "attributes": {"subtype": "info", "messagelabel": {"key": "MEMBER_JOINED_GROUP"}, "keep": true}});
+    send(&mut cl[0], &e, &u2, body).await;
+    let (_, m) = one(&mut cl[1], &e).await;
+    assert_eq!(m["attributes"], serde_json::json!({"keep": true}));
+}

@@ -60,17 +60,18 @@ async fn history_and_conversations_postgres() {
 }
 
 /// The same client message_id twice (a client retry, or a redelivered input) → one row per
-/// timeline; an older message never replaces the conversation's newer last message;
-/// `updateconversation: false` leaves the conversation alone.
+/// timeline; the conversation's last message is the one the engine received last, whatever
+/// the clients stamped (a message stamped far in the future does not freeze it, and keeps
+/// its stamp); `updateconversation: false` leaves the conversation alone.
 async fn idempotent_and_newest_wins(db: Db) {
     let b = broker();
     let e = engine_with(b, db, &[]).await;
     let (u1, u2) = (fresh("u"), fresh("u"));
-    let new = json!({"text": "new", "message_id": "m2", "timestamp": 2000});
-    let old = json!({"text": "old", "message_id": "m1", "timestamp": 1000});
+    let future = json!({"text": "future", "message_id": "m1", "timestamp": 9_000_000_000_000_000i64});
+    let later = json!({"text": "later", "message_id": "m2", "timestamp": 1000});
     let quiet =
         json!({"text": "quiet", "message_id": "m3", "timestamp": 3000, "attributes": {"updateconversation": false}});
-    for body in [new.clone(), new, old, quiet] {
+    for body in [future, later.clone(), later, quiet] {
         send(b, &e, &u1, &u2, body).await;
     }
     let store = open_store(&e.database_url).await;
@@ -86,10 +87,13 @@ async fn idempotent_and_newest_wins(db: Db) {
     assert_eq!(
         conv[0].last.message_id(),
         Some("m2"),
-        "newest wins; updateconversation:false ignored"
+        "received last wins; updateconversation:false ignored"
     );
-    assert_eq!(conv[0].last.text(), Some("new"));
-    assert_eq!(conv[0].last.timestamp(), 2000);
+    assert_eq!(conv[0].last.text(), Some("later"));
+    assert_eq!(conv[0].last.timestamp(), 1000, "the client's stamp is kept as sent");
+    let history = store.messages(&u2, &u1, 10).await.unwrap();
+    let future = history.iter().find(|m| m.message_id == "m1").unwrap();
+    assert_eq!(future.message.timestamp(), 9_000_000_000_000_000);
 }
 
 #[tokio::test]
@@ -433,6 +437,7 @@ async fn store_reads(url: String) {
             convers_with: uid(&b),
             is_new: true,
             message: Sealed::new(Message::from_fields(m.as_object().unwrap().clone())),
+            received_ms: m["timestamp"].as_i64().unwrap_or(1),
         }
     };
     let mut writes = Vec::new();
