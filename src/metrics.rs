@@ -50,6 +50,8 @@ pub enum Outcome {
     Rejected,
     /// A publish failed or was nacked: returned to the queue for another try.
     Retried,
+    /// The store refused its writes for good: moved to the dead-letter queue, acked.
+    DeadLettered,
 }
 
 impl Outcome {
@@ -58,6 +60,7 @@ impl Outcome {
             Outcome::Processed => "processed",
             Outcome::Rejected => "rejected",
             Outcome::Retried => "retried",
+            Outcome::DeadLettered => "dead_lettered",
         }
     }
 }

@@ -38,6 +38,7 @@ use super::{topology, BrokerError, EXCHANGE};
 use crate::metrics::Outcome;
 use crate::pipeline::Delivery;
 use crate::plan::{Publish, Rejection};
+use crate::store::writer::Poisoned;
 use crate::store::writer::Writer;
 use crate::store::Store;
 use crate::topic::Inbound;
@@ -54,8 +55,15 @@ struct Settled {
     kind: &'static str,
     sent: InFlight,
     all_acked: bool,
-    /// Refused with the sender told (§8): counted as rejected once its notice is confirmed.
-    refused: bool,
+    /// What the input counts as once acked: processed; rejected (refused with the sender
+    /// told, §8, once its notice is confirmed); dead-lettered.
+    outcome: Outcome,
+}
+
+/// What a dead letter is made of: the input as it came.
+struct Source {
+    routing_key: String,
+    body: Vec<u8>,
 }
 
 /// Publishes sent and not yet confirmed, in number and in bytes.
@@ -216,7 +224,7 @@ impl Session<'_> {
             },
             Err(rejection) => Err(rejection),
         };
-        let (publishes, commit, refused) = match decision {
+        let (publishes, commit, outcome) = match decision {
             Err(Rejection::Drop(reason)) => {
                 // Logged once, counted, acked: the inputs behind it keep flowing.
                 let bytes = delivery.data.len();
@@ -234,11 +242,11 @@ impl Session<'_> {
                     "input refused; the sender is told"
                 );
                 engine.metrics.rejected(reason);
-                (vec![*notice], None, true)
+                (vec![*notice], None, Outcome::Rejected)
             }
             Ok(Delivery { plan, changes }) => {
                 let commit = (!plan.writes.is_empty()).then_some((plan.writes, changes));
-                (plan.publishes, commit, false)
+                (plan.publishes, commit, Outcome::Processed)
             }
         };
         let sent = InFlight::of(&publishes);
@@ -253,6 +261,12 @@ impl Session<'_> {
             (Some(writer), Some((writes, changes))) => Some((writer.submit(writes).await, changes)),
             _ => None,
         };
+        // Kept (moved, not copied) while its writes are pending, in case the store refuses them.
+        let source = committed.is_some().then(|| Source {
+            routing_key: key.to_owned(),
+            body: delivery.data,
+        });
+        let dead_letters = topology::dead_letter_key(&engine.config.broker.queue_name);
         self.unconfirmed.publishes += sent.publishes;
         self.unconfirmed.bytes += sent.bytes;
         let acker = delivery.acker;
@@ -260,6 +274,7 @@ impl Session<'_> {
         self.pending.push(Box::pin(async move {
             let started = Instant::now();
             let mut all_acked = true;
+            let mut outcome = outcome;
             for send in sends {
                 let confirmed = confirmed(send).await;
                 all_acked &= confirmed;
@@ -272,13 +287,20 @@ impl Session<'_> {
                 // is confirmed; a closed writer means shutdown: leave the input unacked for the
                 // next engine.
                 match committed.await {
-                    Ok(c) => {
+                    Ok(Ok(c)) => {
                         for p in engine.pipeline.committed(&changes, &c) {
                             all_acked &= match publish(&channel, p) {
                                 Ok(send) => confirmed(send).await,
                                 Err(_) => false,
                             };
                         }
+                    }
+                    // Retrying cannot help (the writer tried it alone): acked once it is safe
+                    // in the dead-letter queue, so it stops no one and is not lost.
+                    Ok(Err(Poisoned(why))) => {
+                        let source = source.expect("kept while writes are pending");
+                        all_acked &= confirmed(dead_letter(&channel, &dead_letters, &source, &why)).await;
+                        outcome = Outcome::DeadLettered;
                     }
                     Err(_) => all_acked = false,
                 }
@@ -289,7 +311,7 @@ impl Session<'_> {
                 kind,
                 sent,
                 all_acked,
-                refused,
+                outcome,
             }
         }));
         Ok(())
@@ -314,12 +336,7 @@ impl Session<'_> {
         self.unconfirmed.bytes -= s.sent.bytes;
         self.engine.metrics.in_flight_add(-1);
         if s.all_acked {
-            let outcome = if s.refused {
-                Outcome::Rejected
-            } else {
-                Outcome::Processed
-            };
-            self.engine.metrics.input(s.kind, outcome);
+            self.engine.metrics.input(s.kind, s.outcome);
             self.acks.settled(s.tag, s.acker);
         } else {
             // The broker could not take a copy: try the whole input again later (copies that
@@ -373,6 +390,34 @@ fn publish(channel: &Channel, p: Publish) -> lapin::Result<Sending> {
         return Err(e.clone());
     }
     Ok(send)
+}
+
+/// An input the store refuses for good, as it came (body unchanged, persistent), with its
+/// routing key and why in headers, onto the dead-letter queue.
+fn dead_letter(channel: &Channel, dead_letters: &str, source: &Source, why: &str) -> Sending {
+    use lapin::types::{AMQPValue, LongString};
+    let mut headers = FieldTable::default();
+    let text = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()));
+    headers.insert("x-chat21-routing-key".into(), text(&source.routing_key));
+    headers.insert("x-chat21-reason".into(), text("store_refused"));
+    headers.insert(
+        "x-chat21-error".into(),
+        text(&why.chars().take(1000).collect::<String>()),
+    );
+    headers.insert("x-chat21-dead-lettered-at".into(), AMQPValue::LongLongInt(now_ms()));
+    let props = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
+    let (ch, key, body) = (channel.clone(), dead_letters.to_owned(), source.body.clone());
+    let fut: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
+        ch.basic_publish(
+            EXCHANGE.into(),
+            key.as_str().into(),
+            BasicPublishOptions::default(),
+            &body,
+            props,
+        )
+        .await
+    });
+    maybe_done(fut)
 }
 
 /// Wait for a publish's write and then its broker confirm: true when the broker took it.

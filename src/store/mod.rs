@@ -59,6 +59,26 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         !matches!(self, StoreError::Corrupt { .. } | StoreError::Url(_))
     }
+
+    /// The data is the problem, not the database: the same writes fail the same way however
+    /// often they are retried — PostgreSQL's data exceptions, integrity violations and
+    /// program limits (SQLSTATE classes 22, 23, 54), SQLite's TOOBIG, CONSTRAINT, MISMATCH
+    /// and RANGE. Everything else (connections, timeouts, locks, disk, permissions,
+    /// a missing table) is the store's state, which an operator or time can fix: retried.
+    pub fn is_permanent(&self) -> bool {
+        let StoreError::Db(sqlx::Error::Database(e)) = self else {
+            return false;
+        };
+        let Some(code) = e.code() else {
+            return false;
+        };
+        match code.parse::<u32>() {
+            // SQLite: the extended result code; its low byte is the primary code.
+            Ok(n) if code.len() != 5 => matches!(n & 0xFF, 18 | 19 | 20 | 25),
+            // PostgreSQL: a five-character SQLSTATE (all digits for these classes).
+            _ => code.len() == 5 && ["22", "23", "54"].iter().any(|class| code.starts_with(class)),
+        }
+    }
 }
 
 /// A connected store.

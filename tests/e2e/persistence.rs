@@ -539,3 +539,80 @@ async fn nul_in_text_is_stored_exactly_sqlite() {
 async fn nul_in_text_is_stored_exactly_postgres() {
     nul_in_text_is_stored_exactly(Db::Postgres).await;
 }
+
+/// An input whose writes the store refuses for their data (here a trigger raising SQLSTATE
+/// 22023 for one text, standing for any data exception): the batch it shares is split, the
+/// other inputs commit, and this one goes — body and routing key unchanged, the error in a
+/// header — to the dead-letter queue, acked, instead of stalling every commit forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_input_is_dead_lettered_and_the_rest_commits() {
+    let b = broker();
+    let e = engine_task_with(b, Db::Postgres, &[]).await;
+    let pool = sqlx::PgPool::connect(&e.database_url).await.unwrap();
+    for sql in [
+        "CREATE FUNCTION refuse_poison() RETURNS trigger AS $$ BEGIN \
+         IF NEW.text = 'poison' THEN RAISE EXCEPTION 'poison text' USING ERRCODE = '22023'; END IF; \
+         RETURN NEW; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER refuse_poison BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    let (u1, u2) = (fresh("u"), fresh("u"));
+    let t = e.topics();
+    let c = Mqtt::connect(b, &e.app, &u1, Via::Tcp).await;
+    // Published back to back, so they share batches.
+    for text in ["one", "poison", "three", "four", "five"] {
+        let body = json!({"text": text, "message_id": format!("m-{text}")});
+        c.publish(&t.outgoing(&u1, &u2), body.to_string().as_bytes()).await;
+    }
+    let store = open_store(&e.database_url).await;
+    let rows = eventually("the four others stored", || async {
+        let r = store.messages(&u2, &u1, 10).await.unwrap();
+        (r.len() == 4).then_some(r)
+    })
+    .await;
+    assert!(rows.iter().all(|r| r.message_id != "m-poison"));
+
+    let conn = lapin::Connection::connect(&b.amqp_uri, Default::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let dead = format!("{}.dead-letter", e.queue);
+    let got = eventually("the poison input dead-lettered", || async {
+        ch.basic_get(dead.as_str().into(), lapin::options::BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+    })
+    .await;
+    let body: serde_json::Value = serde_json::from_slice(&got.delivery.data).unwrap();
+    assert_eq!(body["text"], "poison", "the body as it came");
+    let headers = got.delivery.properties.headers().clone().unwrap();
+    let header = |k: &str| match headers.inner().get(k) {
+        Some(lapin::types::AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        other => panic!("{k}: {other:?}"),
+    };
+    assert_eq!(header("x-chat21-routing-key"), t.outgoing(&u1, &u2));
+    assert!(
+        header("x-chat21-error").contains("poison text"),
+        "{}",
+        header("x-chat21-error")
+    );
+    assert_eq!(
+        e.metric(r#"chat21_inputs_total{kind="send",outcome="dead_lettered"}"#)
+            .await,
+        1.0
+    );
+    // Acked, not redelivered, and the store is taken as up: traffic flows.
+    c.publish(&t.outgoing(&u1, &u2), br#"{"text":"after","message_id":"m-after"}"#)
+        .await;
+    eventually("the next message stored", || async {
+        store.message(&u2, "m-after").await.unwrap()
+    })
+    .await;
+    assert_eq!(e.metric("chat21_store_up").await, 1.0);
+    assert!(ch
+        .basic_get(dead.as_str().into(), lapin::options::BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .is_none());
+}
