@@ -22,6 +22,8 @@ impl Backoff {
     pub const STORE_OPEN: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     /// (Re)connecting to the broker.
     pub const BROKER: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    /// Requeueing an input whose publish the broker refused (nack).
+    pub const REQUEUE: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
 
     pub const fn new(min: Duration, max: Duration) -> Backoff {
         Backoff { min, max }

@@ -30,7 +30,7 @@ use lapin::{Acker, BasicProperties, Channel, Confirmation, Connection, Publisher
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::acks::AckTracker;
@@ -38,6 +38,7 @@ use super::{topology, BrokerError, EXCHANGE};
 use crate::metrics::Outcome;
 use crate::pipeline::Delivery;
 use crate::plan::{Publish, Rejection};
+use crate::retry::Backoff;
 use crate::store::writer::Poisoned;
 use crate::store::writer::Writer;
 use crate::store::Store;
@@ -129,6 +130,7 @@ pub async fn run_session(
         pending: Pending::new(),
         acks: AckTracker::default(),
         unconfirmed: InFlight::default(),
+        requeue_backoff: None,
     };
     let result = session.pump(&mut consumer, &consume_ch, shutdown).await;
     // Whatever is still unacked will never be acked on this channel: the broker requeues it.
@@ -145,6 +147,9 @@ struct Session<'a> {
     pending: Pending,
     acks: AckTracker<Acker>,
     unconfirmed: InFlight,
+    /// Delays before requeueing an input whose publish the broker refused; reset by the next
+    /// input that goes through.
+    requeue_backoff: Option<Box<dyn Iterator<Item = Duration> + Send>>,
 }
 
 impl Session<'_> {
@@ -336,12 +341,27 @@ impl Session<'_> {
         self.unconfirmed.bytes -= s.sent.bytes;
         self.engine.metrics.in_flight_add(-1);
         if s.all_acked {
+            self.requeue_backoff = None;
             self.engine.metrics.input(s.kind, s.outcome);
             self.acks.settled(s.tag, s.acker);
         } else {
             // The broker could not take a copy: try the whole input again later (copies that
             // did get through are repeated with the same message_id when the client gave one).
-            tracing::warn!(kind = s.kind, "publish not confirmed; input requeued");
+            // Not at once: a broker that refuses every publish (a full queue with
+            // reject-publish, a resource alarm) would get the input straight back, in a loop.
+            // Waiting here holds the whole session back, which is what an overloaded broker
+            // needs; the first input that goes through resets the delay.
+            let delay = self
+                .requeue_backoff
+                .get_or_insert_with(|| Box::new(Backoff::REQUEUE.delays()))
+                .next()
+                .unwrap_or(Backoff::REQUEUE.max);
+            tracing::warn!(
+                kind = s.kind,
+                delay_ms = delay.as_millis() as u64,
+                "publish not confirmed; input requeued after a delay"
+            );
+            tokio::time::sleep(delay).await;
             self.engine.metrics.input(s.kind, Outcome::Retried);
             self.acks.abandoned(s.tag);
             s.acker

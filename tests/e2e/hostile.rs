@@ -164,3 +164,58 @@ async fn system_style_attributes_are_the_systems_only() {
     let (_, m) = one(&mut cl[1], &e).await;
     assert_eq!(m["attributes"], serde_json::json!({"keep": true}));
 }
+
+/// A broker that refuses a copy (nack: here a full `reject-publish` queue bound to the
+/// recipient's inbox) gets the input back after a growing delay, not at once in a loop; once
+/// the queue is gone the input goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_publish_is_retried_with_backoff_not_in_a_loop() {
+    use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    let b = broker();
+    let e = EngineTask::start(b, &[]).await;
+    let (u1, u2) = (fresh("u"), fresh("u"));
+    let conn = lapin::Connection::connect(&b.amqp_uri, Default::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let full = format!("full.{}", fresh(""));
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
+    args.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
+    ch.queue_declare(full.as_str().into(), QueueDeclareOptions::default(), args)
+        .await
+        .unwrap();
+    let inbox = format!("apps.{}.users.{u2}.messages.{u1}.clientadded", e.app);
+    ch.queue_bind(
+        full.as_str().into(),
+        "amq.topic".into(),
+        inbox.as_str().into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let mut cl = inboxes(b, &e, &[&u1]).await;
+    send(
+        &mut cl[0],
+        &e,
+        &u2,
+        serde_json::json!({"text": "refused for now", "message_id": "m-full"}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let retried = e.metric(r#"chat21_inputs_total{kind="send",outcome="retried"}"#).await;
+    // With the delays (50 ms doubling, jittered) a few retries fit in 3 s; at once, hundreds.
+    assert!((1.0..=12.0).contains(&retried), "retried {retried} times in 3 s");
+    ch.queue_delete(full.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    eventually("processed once the broker takes it", || async {
+        (e.metric(r#"chat21_inputs_total{kind="send",outcome="processed"}"#)
+            .await
+            == 1.0)
+            .then_some(())
+    })
+    .await;
+}
