@@ -101,7 +101,7 @@ stop_node() {
 
 cmd="${1:-}"
 dir="${2:-}"
-[[ -n "$cmd" && -n "$dir" ]] || { echo "usage: $0 start|stop|restart|halt|resume DIR" >&2; exit 2; }
+[[ -n "$cmd" && -n "$dir" ]] || { echo "usage: $0 start|stop|restart|halt|resume DIR | engine-user DIR NAME PASSWORD QUEUE" >&2; exit 2; }
 mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
 
@@ -153,6 +153,17 @@ WS_URL=ws://127.0.0.1:$WS_PORT/ws
 JWT_SECRET=$JWT_SECRET
 JWT_KID=$JWT_KID
 OUT
+    ;;
+  engine-user)
+    # A user with exactly the permissions production gives the engine (compose's
+    # docker-entrypoint.sh uses the same function), for the queue QUEUE.
+    name="${3:?name}" password="${4:?password}" queue="${5:?queue}"
+    # shellcheck source=../deploy/rabbitmq/engine-permissions.sh
+    . "$deploy/engine-permissions.sh"
+    engine_permissions "$queue"
+    node_env
+    "$RMQ_BIN/rabbitmqctl" -n "$NODE" -q add_user "$name" "$password" > /dev/null
+    "$RMQ_BIN/rabbitmqctl" -n "$NODE" -q set_permissions -p / "$name" "$ENGINE_CONFIGURE" "$ENGINE_WRITE" "$ENGINE_READ" > /dev/null
     ;;
   restart)
     stop_node

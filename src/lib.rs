@@ -66,7 +66,10 @@ impl Engine {
         };
         let chain = policy::Chain::new(
             policy::ChainSettings {
-                rate_limit: p.rate_limit,
+                rate_limit: policy::Budgets {
+                    messages: p.rate_limit,
+                    commands: p.command_rate_limit,
+                },
                 trusted_senders: trusted_senders.clone(),
                 policy: rules,
                 persistence: config.store.is_some(),

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::acks::AckTracker;
+use super::log_budget::LogBudget;
 use super::{topology, BrokerError, EXCHANGE};
 use crate::metrics::Outcome;
 use crate::pipeline::Delivery;
@@ -131,6 +132,7 @@ pub async fn run_session(
         acks: AckTracker::default(),
         unconfirmed: InFlight::default(),
         requeue_backoff: None,
+        logs: LogBudget::default(),
     };
     let result = session.pump(&mut consumer, &consume_ch, shutdown).await;
     // Whatever is still unacked will never be acked on this channel: the broker requeues it.
@@ -150,6 +152,8 @@ struct Session<'a> {
     /// Delays before requeueing an input whose publish the broker refused; reset by the next
     /// input that goes through.
     requeue_backoff: Option<Box<dyn Iterator<Item = Duration> + Send>>,
+    /// The per-input log lines (rejections) within a budget.
+    logs: LogBudget,
 }
 
 impl Session<'_> {
@@ -231,9 +235,18 @@ impl Session<'_> {
         };
         let (publishes, commit, outcome) = match decision {
             Err(Rejection::Drop(reason)) => {
-                // Logged once, counted, acked: the inputs behind it keep flowing.
-                let bytes = delivery.data.len();
-                tracing::warn!(routing_key = key, reason = reason.as_str(), bytes, "input rejected");
+                // Logged (within the log budget), counted, acked: the inputs behind it keep
+                // flowing.
+                if let Some(suppressed) = self.logs.take() {
+                    let bytes = delivery.data.len();
+                    tracing::warn!(
+                        routing_key = key,
+                        reason = reason.as_str(),
+                        bytes,
+                        suppressed,
+                        "input rejected"
+                    );
+                }
                 engine.metrics.rejected(reason);
                 engine.metrics.input(kind, Outcome::Rejected);
                 engine.metrics.in_flight_add(-1);
@@ -241,11 +254,14 @@ impl Session<'_> {
                 return self.flush_acks().await;
             }
             Err(Rejection::Refuse { reason, notice }) => {
-                tracing::warn!(
-                    routing_key = key,
-                    reason = reason.as_str(),
-                    "input refused; the sender is told"
-                );
+                if let Some(suppressed) = self.logs.take() {
+                    tracing::warn!(
+                        routing_key = key,
+                        reason = reason.as_str(),
+                        suppressed,
+                        "input refused; the sender is told"
+                    );
+                }
                 engine.metrics.rejected(reason);
                 (vec![*notice], None, Outcome::Rejected)
             }

@@ -4,6 +4,7 @@
 mod acks;
 mod connect;
 mod consumer;
+mod log_budget;
 mod supervisor;
 pub mod topology;
 

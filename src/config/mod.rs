@@ -122,6 +122,8 @@ pub struct PolicyConfig {
     pub cache_ttl: Duration,
     /// (per minute, burst); None = no rate limit.
     pub rate_limit: Option<(NonZeroU32, NonZeroU32)>,
+    /// Commands of one kind a user may send per minute; None = no limit.
+    pub command_rate_limit: Option<NonZeroU32>,
     pub policy_file: Option<PathBuf>,
 }
 
@@ -182,6 +184,7 @@ struct Raw {
     cache_ttl: String,
     rate_limit_per_min: u32,
     rate_limit_burst: Option<u32>,
+    rate_limit_commands_per_min: u32,
     policy_file: Option<String>,
     presence_enabled: bool,
     http_port: u16,
@@ -194,6 +197,12 @@ struct Raw {
 #[derive(Debug, thiserror::Error)]
 #[error("configuration error: {0}")]
 pub struct ConfigError(pub String);
+
+/// A placeholder from documentation, not a secret.
+fn is_example_secret(s: &str) -> bool {
+    let s = s.to_ascii_lowercase().replace(['-', '_'], "");
+    s.contains("changeme")
+}
 
 fn bad(msg: impl Into<String>) -> ConfigError {
     ConfigError(msg.into())
@@ -278,6 +287,13 @@ impl Config {
         }
         if raw.jwt_secret.as_ref().is_some_and(|s| s.len() < 16) {
             return Err(bad("JWT_SECRET must be at least 16 bytes"));
+        }
+        // Whoever knows the secret mints tokens for anyone: a value copied from an example
+        // is public. (`openssl rand -base64 32` makes one.)
+        if raw.jwt_secret.as_ref().is_some_and(|s| is_example_secret(s)) {
+            return Err(bad(
+                "JWT_SECRET is an example value (it contains \"change-me\"): set a random one, e.g. `openssl rand -base64 32`",
+            ));
         }
         let jwt_ttl = parse_duration(&raw.jwt_ttl).ok_or_else(|| {
             bad(format!(
@@ -377,6 +393,7 @@ impl Config {
                 block_cache_size: raw.block_cache_size,
                 cache_ttl,
                 rate_limit,
+                command_rate_limit: NonZeroU32::new(raw.rate_limit_commands_per_min),
                 policy_file: raw.policy_file.map(PathBuf::from),
             },
             http: HttpConfig {

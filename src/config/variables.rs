@@ -83,6 +83,7 @@ pub const VARIABLES: &[Variable] = &[
     var("CACHE_TTL", "5m", "How long a cached group or block list (or its absence) is trusted; bounds staleness across engine replicas"),
     var("RATE_LIMIT_PER_MIN", "600", "Messages a sender may send per minute (token bucket; 0 = no rate limit); TRUSTED_SENDERS are exempt"),
     var("RATE_LIMIT_BURST", "", "Bucket size: messages a sender may send at once (unset: RATE_LIMIT_PER_MIN)"),
+    var("RATE_LIMIT_COMMANDS_PER_MIN", "1200", "Commands of each kind (receipts, conversation updates, archives, presence, typing, blocks) a user may send per minute, each kind its own bucket (0 = no limit); TRUSTED_SENDERS are exempt"),
     var("POLICY_FILE", "", "Content rules (.toml or .json): max text size, deny patterns (reject or mask), per-app overrides; reloaded on SIGHUP. See deploy/policy.example.toml"),
     var("PRESENCE_ENABLED", "false", "Consume presence (I5): count each user's connected clients, record online/offline and last seen (needs a store)"),
     // HTTP and logs.

@@ -120,6 +120,9 @@ impl Pipeline {
         now_ms: i64,
         shutdown: &CancellationToken,
     ) -> Option<Decision> {
+        if let Err(rejection) = self.chain.admit(&input, now_ms) {
+            return Some(Err(rejection));
+        }
         let group = match input.group_needed() {
             Some(uid) => self.group(uid, lookups, shutdown).await?,
             None => None,

@@ -101,7 +101,7 @@ fn pipeline(cache: u64) -> Pipeline {
     let metrics = Metrics::new();
     let chain = Chain::new(
         crate::policy::ChainSettings {
-            rate_limit: None,
+            rate_limit: crate::policy::Budgets::default(),
             trusted_senders: HashSet::new(),
             policy: None,
             persistence: true,
@@ -492,4 +492,60 @@ mod fuzz {
             started.elapsed().as_secs_f64()
         );
     }
+}
+
+/// The rate limit runs at admission: a throttled sender's message to a group costs no store
+/// read (a flood to unknown groups would otherwise be a flood of lookups).
+#[tokio::test]
+async fn a_throttled_sender_costs_no_store_read() {
+    let topics = Arc::new(Topics::chat21("t"));
+    let one = std::num::NonZeroU32::new(1).unwrap();
+    let chain = Chain::new(
+        crate::policy::ChainSettings {
+            rate_limit: crate::policy::Budgets {
+                messages: Some((one, one)),
+                commands: None,
+            },
+            trusted_senders: HashSet::new(),
+            policy: None,
+            persistence: true,
+        },
+        topics.clone(),
+        Metrics::new(),
+    );
+    let caches = CacheSizes {
+        groups: 1000,
+        blocks: 1000,
+        ttl: Duration::from_secs(60),
+    };
+    let p = Pipeline::new(
+        topics.clone(),
+        chain,
+        settings(),
+        caches,
+        Metrics::new(),
+        Events::default(),
+        true,
+    );
+    let store = Memory::default();
+    assert!(decide(&p, &store, &topics.outgoing("A", "G1"), GROUP_MSG).await.is_ok());
+    let reads = store.group_reads.load(Ordering::SeqCst);
+    for g in ["G2", "G3", "G4"] {
+        let d = decide(&p, &store, &topics.outgoing("A", g), GROUP_MSG).await;
+        assert!(
+            matches!(
+                d,
+                Err(Rejection::Refuse {
+                    reason: RejectReason::RateLimited,
+                    ..
+                })
+            ),
+            "{d:?}"
+        );
+    }
+    assert_eq!(
+        store.group_reads.load(Ordering::SeqCst),
+        reads,
+        "no lookup for throttled inputs"
+    );
 }

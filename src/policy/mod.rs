@@ -1,8 +1,9 @@
 //! The policy chain (PROTOCOL §10): stages between a handler's plan and its effects.
 //!
-//! Order is fixed: validate → rate limit → block list → content filter → persistence hook.
-//! Why this order: malformed plans never cost a token; a throttled sender is refused before
-//! any other work; block lists remove deliveries before the filter looks at what is left; and
+//! Order is fixed: rate limit (at admission, [`Chain::admit`]) → validate → block list →
+//! content filter → persistence hook. Why this order: a throttled user is refused before any
+//! other work, above all before any store read the handler would need (a group, block
+//! lists); block lists remove deliveries before the filter looks at what is left; and
 //! persistence runs last, so it stores exactly what will be delivered.
 //!
 //! A stage passes the plan on (possibly altered) or rejects the input ([`Rejection`]: dropped,
@@ -26,7 +27,7 @@ use crate::topic::{Inbound, Topics};
 pub use block_list::BlockList;
 pub use content::ContentFilter;
 pub use persist::PersistenceHook;
-pub use rate_limit::RateLimit;
+pub use rate_limit::{Budgets, RateLimit};
 pub use rules::{Policy, PolicyError};
 pub use validate::Validate;
 
@@ -81,9 +82,9 @@ impl<S: Stage> Stage for Arc<S> {
 
 /// Which stages run, and with what: built where the engine is assembled.
 pub struct ChainSettings {
-    /// (messages per minute, burst); `None`: no rate limit.
-    pub rate_limit: Option<(std::num::NonZeroU32, std::num::NonZeroU32)>,
-    /// Exempt from the rate limit.
+    /// Rate limits per user, for messages and for each kind of command.
+    pub rate_limit: Budgets,
+    /// Exempt from the rate limits.
     pub trusted_senders: std::collections::HashSet<UserId>,
     /// The compiled policy file, if one is configured.
     pub policy: Option<Arc<Policy>>,
@@ -94,17 +95,8 @@ pub struct ChainSettings {
 impl Chain {
     pub fn new(settings: ChainSettings, topics: Arc<Topics>, metrics: Arc<crate::metrics::Metrics>) -> Self {
         let mut stages: Vec<Box<dyn Stage>> = vec![Box::new(Validate)];
-        let rate_limit = settings.rate_limit.map(|(per_minute, burst)| {
-            Arc::new(RateLimit::new(
-                per_minute,
-                burst,
-                settings.trusted_senders.clone(),
-                topics.clone(),
-            ))
-        });
-        if let Some(r) = &rate_limit {
-            stages.push(Box::new(r.clone()));
-        }
+        let rate_limit =
+            RateLimit::new(settings.rate_limit, settings.trusted_senders.clone(), topics.clone()).map(Arc::new);
         stages.push(Box::new(BlockList::new(metrics)));
         let content = settings.policy.map(|p| Arc::new(ContentFilter::new(p, topics)));
         if let Some(c) = &content {
@@ -130,6 +122,15 @@ impl Chain {
             stages,
             rate_limit: None,
             content: None,
+        }
+    }
+
+    /// The first stage, before the handler and any store read: is the input within its
+    /// user's rate limits?
+    pub fn admit(&self, input: &crate::handlers::Input, now_ms: i64) -> Result<(), Rejection> {
+        match &self.rate_limit {
+            Some(r) => r.admit(input, now_ms),
+            None => Ok(()),
         }
     }
 

@@ -1,85 +1,162 @@
-//! Rate limit stage (PROTOCOL §10): a token bucket per sender (governor, GCRA), for message
-//! sends. `TRUSTED_SENDERS` are exempt. Over the limit the message is not delivered: the
-//! sender gets its own copy with `status:-100` and `error:{code:"rate_limited"}`.
+//! Rate limits (PROTOCOL §10): a token bucket per user (governor, GCRA) for every input a
+//! user sends — messages with `RATE_LIMIT_PER_MIN`/`RATE_LIMIT_BURST`, and each kind of
+//! command (receipts, conversation updates, archives, presence, typing, blocks) with its own
+//! bucket of `RATE_LIMIT_COMMANDS_PER_MIN`. Checked at admission, before the input costs any
+//! other work — above all before any store read (a group lookup, block lists): a flood of
+//! messages to unknown groups must not become a flood of queries. `TRUSTED_SENDERS` and the
+//! trusted services' inputs (group updates, history replays) are exempt.
 //!
-//! Memory: one small state per sender seen recently; [`RateLimit::forget_idle`] (run every
-//! minute) drops the buckets that have refilled — an idle sender costs nothing — so millions
-//! of distinct senders over a day do not accumulate.
+//! Over the limit a message is not delivered: the sender gets its own copy with
+//! `status:-100` and `error:{code:"rate_limited"}`. A command is dropped (counted, logged).
+//!
+//! Memory: one small state per user seen recently; [`RateLimit::forget_idle`] (run every
+//! minute) drops the buckets that have refilled — an idle user costs nothing — so millions
+//! of distinct users over a day do not accumulate.
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
-use super::{Facts, Stage, Verdict};
-use crate::domain::{RejectReason, UserId};
-use crate::plan::Plan;
+use crate::domain::{Message, RejectReason, UserId};
+use crate::handlers::{Input, Payload};
+use crate::plan::Rejection;
 use crate::topic::{Inbound, Topics};
 
+/// The configured budgets: (per minute, burst).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Budgets {
+    pub messages: Option<(NonZeroU32, NonZeroU32)>,
+    pub commands: Option<NonZeroU32>,
+}
+
+/// The input kinds that are user commands, each with its own bucket.
+const COMMANDS: [&str; 6] = [
+    "receipt",
+    "conversation_update",
+    "archive",
+    "presence",
+    "typing",
+    "block",
+];
+
 pub struct RateLimit {
-    limiter: DefaultKeyedRateLimiter<UserId>,
+    messages: Option<(DefaultKeyedRateLimiter<UserId>, NonZeroU32)>,
+    commands: HashMap<&'static str, DefaultKeyedRateLimiter<UserId>>,
     trusted: HashSet<UserId>,
     topics: Arc<Topics>,
-    per_minute: NonZeroU32,
 }
 
 impl RateLimit {
-    pub fn new(per_minute: NonZeroU32, burst: NonZeroU32, trusted: HashSet<UserId>, topics: Arc<Topics>) -> Self {
-        let quota = Quota::per_minute(per_minute).allow_burst(burst);
-        RateLimit {
-            limiter: RateLimiter::keyed(quota),
+    /// `None` when no budget is configured at all.
+    pub fn new(budgets: Budgets, trusted: HashSet<UserId>, topics: Arc<Topics>) -> Option<Self> {
+        if budgets.messages.is_none() && budgets.commands.is_none() {
+            return None;
+        }
+        let messages = budgets.messages.map(|(per_minute, burst)| {
+            (
+                RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst)),
+                per_minute,
+            )
+        });
+        let commands = match budgets.commands {
+            Some(per_minute) => COMMANDS
+                .iter()
+                .map(|kind| (*kind, RateLimiter::keyed(Quota::per_minute(per_minute))))
+                .collect(),
+            None => HashMap::new(),
+        };
+        Some(RateLimit {
+            messages,
+            commands,
             trusted,
             topics,
-            per_minute,
+        })
+    }
+
+    /// Within its user's budget, or the rejection (a message's sender is told).
+    pub fn admit(&self, input: &Input, now_ms: i64) -> Result<(), Rejection> {
+        let inbound = &input.inbound;
+        let user = match inbound {
+            Inbound::Send { sender, .. } => sender,
+            Inbound::Receipt { me, .. }
+            | Inbound::ConversationUpdate { me, .. }
+            | Inbound::Archive { me, .. }
+            | Inbound::Typing { me, .. }
+            | Inbound::Block { me, .. } => me,
+            Inbound::Presence { user, .. } => user,
+            // Trusted services only (users cannot publish these keys).
+            Inbound::GroupUpdate { .. } | Inbound::HistoryReplay { .. } => return Ok(()),
+        };
+        if self.trusted.contains(user) {
+            return Ok(());
+        }
+        if let Inbound::Send { app, sender, recipient } = inbound {
+            let Some((limiter, per_minute)) = &self.messages else {
+                return Ok(());
+            };
+            if limiter.check_key(sender).is_ok() {
+                return Ok(());
+            }
+            let Payload::Message(msg) = &input.payload else {
+                return Err(RejectReason::RateLimited.into());
+            };
+            let Ok(key) = self.topics.message_added(app, sender, recipient) else {
+                return Err(RejectReason::RateLimited.into());
+            };
+            let mut notice: Message = msg.clone();
+            notice.stamp(app, sender, recipient, || uuid::Uuid::new_v4().to_string(), now_ms);
+            let why = format!("more than {per_minute} messages a minute");
+            return Err(Rejection::refuse(key, notice, RejectReason::RateLimited, &why));
+        }
+        match self.commands.get(inbound.kind()) {
+            Some(limiter) if limiter.check_key(user).is_err() => Err(RejectReason::RateLimited.into()),
+            _ => Ok(()),
         }
     }
 
     pub fn forget_idle(&self) {
-        self.limiter.retain_recent();
-        self.limiter.shrink_to_fit();
+        let limiters = self.messages.iter().map(|(l, _)| l).chain(self.commands.values());
+        for limiter in limiters {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
     }
 
     #[cfg(test)]
     fn tracked(&self) -> usize {
-        self.limiter.len()
-    }
-}
-
-impl Stage for RateLimit {
-    fn apply(&self, input: &Inbound, plan: Plan, _facts: &Facts) -> Verdict {
-        let Inbound::Send { sender, .. } = input else {
-            return Ok(plan);
-        };
-        if self.trusted.contains(sender) || self.limiter.check_key(sender).is_ok() {
-            return Ok(plan);
-        }
-        let why = format!("more than {} messages a minute", self.per_minute);
-        Err(super::refuse_send(
-            &self.topics,
-            input,
-            &plan,
-            RejectReason::RateLimited,
-            &why,
-        ))
+        self.messages.iter().map(|(l, _)| l.len()).sum::<usize>()
+            + self.commands.values().map(|l| l.len()).sum::<usize>()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handlers::testing::plan;
-    use crate::plan::Rejection;
 
-    fn send(stage: &RateLimit, t: &Topics, sender: &str) -> Verdict {
-        let (input, plan) = plan(t, &t.outgoing(sender, "R"), r#"{"text":"hi"}"#, vec![]);
-        stage.apply(&input, plan, &Facts::none())
+    fn input(t: &Topics, key: &str, body: &str) -> Input {
+        Input::parse(t.parse(key).unwrap(), body.as_bytes()).unwrap()
+    }
+
+    fn send(stage: &RateLimit, t: &Topics, sender: &str) -> Result<(), Rejection> {
+        stage.admit(&input(t, &t.outgoing(sender, "R"), r#"{"text":"hi"}"#), 7)
+    }
+
+    fn n(v: u32) -> NonZeroU32 {
+        NonZeroU32::new(v).unwrap()
+    }
+
+    fn messages(per_minute: u32, burst: u32) -> Budgets {
+        Budgets {
+            messages: Some((n(per_minute), n(burst))),
+            commands: None,
+        }
     }
 
     #[test]
     fn over_the_limit_the_sender_is_told_and_trusted_senders_are_exempt() {
         let t = Arc::new(Topics::chat21("t"));
-        let n = |v| NonZeroU32::new(v).unwrap();
-        let stage = RateLimit::new(n(60), n(3), HashSet::from(["system".into()]), t.clone());
+        let stage = RateLimit::new(messages(60, 3), HashSet::from(["system".into()]), t.clone()).unwrap();
         for _ in 0..3 {
             assert!(send(&stage, &t, "S").is_ok());
         }
@@ -105,10 +182,9 @@ mod tests {
     #[test]
     fn idle_senders_are_forgotten() {
         let t = Arc::new(Topics::chat21("t"));
-        let n = |v| NonZeroU32::new(v).unwrap();
         // A token every 100 ms, bucket of one: a sender's state is back to "full" (and is
         // dropped) within two token periods of its last message.
-        let stage = RateLimit::new(n(600), n(1), HashSet::new(), t.clone());
+        let stage = RateLimit::new(messages(600, 1), HashSet::new(), t.clone()).unwrap();
         assert!(send(&stage, &t, "S1").is_ok());
         assert!(send(&stage, &t, "S2").is_ok());
         stage.forget_idle();
@@ -116,5 +192,32 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(300));
         stage.forget_idle();
         assert_eq!(stage.tracked(), 0, "full buckets cost nothing");
+    }
+
+    #[test]
+    fn every_command_kind_has_its_own_budget() {
+        let t = Arc::new(Topics::chat21("t"));
+        let budgets = Budgets {
+            messages: None,
+            commands: Some(n(2)),
+        };
+        let stage = RateLimit::new(budgets, HashSet::new(), t.clone()).unwrap();
+        let typing = input(&t, &t.typing("t", "U", "V"), r#"{"typing":true}"#);
+        let receipt = input(&t, &t.receipt("t", "U", "V", "m"), r#"{"status":200}"#);
+        assert!(stage.admit(&typing, 7).is_ok() && stage.admit(&typing, 7).is_ok());
+        assert_eq!(stage.admit(&typing, 7), Err(Rejection::Drop(RejectReason::RateLimited)));
+        assert!(stage.admit(&receipt, 7).is_ok(), "typing's bucket is not the receipts'");
+        let other = input(&t, &t.typing("t", "W", "V"), r#"{"typing":true}"#);
+        assert!(stage.admit(&other, 7).is_ok(), "nor another user's");
+        assert!(send(&stage, &t, "U").is_ok(), "no message budget configured");
+        let update = input(
+            &t,
+            &t.group_update("t"),
+            r#"{"group":{"uid":"g","members":{}},"notify_to":{}}"#,
+        );
+        for _ in 0..5 {
+            assert!(stage.admit(&update, 7).is_ok(), "trusted services are exempt");
+        }
+        assert!(RateLimit::new(Budgets::default(), HashSet::new(), t).is_none());
     }
 }

@@ -91,6 +91,18 @@ impl Broker {
         assert!(st.success(), "rabbitmq-private.sh {cmd} failed");
     }
 
+    /// A broker user with exactly the permissions production gives the engine for `queue`
+    /// (`deploy/rabbitmq/engine-permissions.sh`); returns its AMQP URI.
+    pub fn engine_user(&self, name: &str, password: &str, queue: &str) -> String {
+        let st = Command::new("bash")
+            .arg(script())
+            .args(["engine-user", self.dir.to_str().unwrap(), name, password, queue])
+            .status()
+            .unwrap();
+        assert!(st.success(), "rabbitmq-private.sh engine-user failed");
+        format!("amqp://{name}:{password}@127.0.0.1:{}/%2f", self.amqp_port)
+    }
+
     pub fn minter(&self) -> Minter {
         Minter::new(&self.jwt_secret, &self.jwt_kid)
     }

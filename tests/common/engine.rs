@@ -100,6 +100,7 @@ fn test_env(broker: &Broker, extra: &[(&str, &str)]) -> Vec<(String, String)> {
         // Tests stream thousands of messages from one sender; the rate-limit tests set
         // their own limits.
         ("RATE_LIMIT_PER_MIN".into(), "0".into()),
+        ("RATE_LIMIT_COMMANDS_PER_MIN".into(), "0".into()),
         // Each engine its own SQLite file: never ./data of the working tree.
         (
             "DATABASE_URL".into(),

@@ -131,6 +131,10 @@ fn configuration_errors_are_one_line_and_exit_2() {
         ),
         (vec![("RABBITMQ_USER", "u"), ("CACHE_TTL", "0")], "CACHE_TTL"),
         (
+            vec![("RABBITMQ_USER", "u"), ("JWT_SECRET", "change-me-to-32-random-bytes")],
+            "JWT_SECRET",
+        ),
+        (
             vec![("RABBITMQ_USER", "u"), ("MAX_MESSAGE_BYTES", "20000000")],
             "MAX_FANOUT_BYTES",
         ),

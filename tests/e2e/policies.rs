@@ -263,3 +263,28 @@ async fn content_filter_rejects_masks_and_reloads_on_sighup() {
     let refused: Value = json!(e.metric(r#"chat21_rejections_total{reason="content_rejected"}"#).await);
     assert_eq!(refused, json!(4.0));
 }
+
+/// A typing flood (or any command flood) is held to its own budget per user: the receiver
+/// gets the burst, the rest is dropped and counted, and the same user's messages still flow.
+#[tokio::test]
+async fn a_command_flood_is_rate_limited_per_kind() {
+    let b = broker();
+    let e = EngineProc::start(b, &[("RATE_LIMIT_COMMANDS_PER_MIN", "5")]).await;
+    let (a, bb) = (fresh("A"), fresh("B"));
+    let mut cl = inboxes(b, &e, &[&a, &bb]).await;
+    let t = e.topics();
+    for _ in 0..20 {
+        cl[0]
+            .publish_acked(&t.typing(&e.app, &a, &bb), br#"{"typing":true}"#)
+            .await
+            .unwrap();
+    }
+    let typing = cl[1].messages(20, std::time::Duration::from_secs(3)).await;
+    assert_eq!(typing.len(), 5, "the burst, then nothing: {typing:?}");
+    assert_eq!(
+        e.metric(r#"chat21_rejections_total{reason="rate_limited"}"#).await,
+        15.0
+    );
+    send(&mut cl[0], &e, &bb, json!({"text": "still here"})).await;
+    assert_eq!(one(&mut cl[1], &e).await.1["text"], "still here");
+}

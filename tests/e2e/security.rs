@@ -264,3 +264,57 @@ async fn ids_the_broker_reinterprets_are_refused_everywhere() {
         3.0
     );
 }
+
+/// The engine runs with exactly the broker permissions production gives it (compose's
+/// `docker-entrypoint.sh` and this test share `deploy/rabbitmq/engine-permissions.sh`): its
+/// queue, its dead-letter queue, `amq.topic` — and with them it reaches nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_runs_with_its_least_privilege_user_and_reaches_nothing_else() {
+    let b = broker();
+    let queue = format!("chat21.engine.{}", fresh("lp"));
+    let uri = b.engine_user(&fresh("engine"), "engine-password", &queue);
+    let e = EngineTask::start(b, &[("RABBITMQ_URI", uri.as_str()), ("QUEUE_NAME", queue.as_str())]).await;
+    let (u1, u2) = (fresh("u"), fresh("u"));
+    let mut cl = inboxes(b, &e, &[&u1, &u2]).await;
+    send(&mut cl[0], &e, &u2, serde_json::json!({"text": "least privilege"})).await;
+    assert_eq!(one(&mut cl[1], &e).await.1["text"], "least privilege");
+
+    let other = format!("other.{}", fresh(""));
+    let admin = lapin::Connection::connect(&b.amqp_uri, Default::default())
+        .await
+        .unwrap();
+    admin
+        .create_channel()
+        .await
+        .unwrap()
+        .queue_declare(
+            other.as_str().into(),
+            QueueDeclareOptions::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let conn = lapin::Connection::connect(&uri, Default::default()).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    assert!(
+        ch.basic_get(other.as_str().into(), BasicGetOptions::default())
+            .await
+            .is_err(),
+        "read another queue"
+    );
+    let ch = conn.create_channel().await.unwrap();
+    let r = ch
+        .queue_declare("evil".into(), QueueDeclareOptions::default(), Default::default())
+        .await;
+    assert!(r.is_err(), "declared another queue");
+    let ch = conn.create_channel().await.unwrap();
+    let r = ch
+        .exchange_declare(
+            "evil.x".into(),
+            lapin::ExchangeKind::Fanout,
+            Default::default(),
+            Default::default(),
+        )
+        .await;
+    assert!(r.is_err(), "declared an exchange");
+}
