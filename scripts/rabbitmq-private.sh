@@ -10,7 +10,8 @@
 #   scripts/rabbitmq-private.sh halt|resume DIR  # the two halves of restart
 #
 # start reads (all optional): JWT_SECRET (default: a random one, printed), JWT_KID
-# (tiledesk-key), AMQP_PORT, MQTT_PORT, WS_PORT, DIST_PORT, EPMD_PORT (default: free ports),
+# (tiledesk-key), AMQP_PORT, MQTT_PORT, WS_PORT, MQTTS_PORT, WSS_PORT (TLS, with a private
+# CA made in DIR/tls), DIST_PORT, EPMD_PORT (default: free ports),
 # WATCH_PID (stop the node and remove DIR when that process exits: test harnesses use it so
 # a crashed test never leaves a node behind; KEEP_DIR=1 keeps DIR). Settings are kept in DIR/node.env for stop/restart.
 set -euo pipefail
@@ -57,6 +58,22 @@ mqtt.listeners.tcp.1 = 127.0.0.1:$MQTT_PORT
 web_mqtt.tcp.ip = 127.0.0.1
 web_mqtt.tcp.port = $WS_PORT
 CONF
+  # TLS as production enables it (deploy/rabbitmq/conf.d/30-tls.conf.example), with a
+  # private CA made here and the loopback addresses of this node.
+  mkdir -p "$dir/tls"
+  if [[ ! -f "$dir/tls/cert.pem" ]]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=chat21 test CA" \
+      -keyout "$dir/tls/ca-key.pem" -out "$dir/tls/ca.pem" > /dev/null 2>&1
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+      -keyout "$dir/tls/key.pem" -out "$dir/tls/server.csr" > /dev/null 2>&1
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' > "$dir/tls/san.ext"
+    openssl x509 -req -in "$dir/tls/server.csr" -CA "$dir/tls/ca.pem" -CAkey "$dir/tls/ca-key.pem" \
+      -CAcreateserial -days 2 -extfile "$dir/tls/san.ext" -out "$dir/tls/cert.pem" > /dev/null 2>&1
+  fi
+  sed -e "s#/etc/rabbitmq/tls#$dir/tls#g" \
+    -e "s#^mqtt.listeners.ssl.default = .*#mqtt.listeners.ssl.1 = 127.0.0.1:$MQTTS_PORT#" \
+    -e "s#^web_mqtt.ssl.port = .*#web_mqtt.ssl.ip = 127.0.0.1\nweb_mqtt.ssl.port = $WSS_PORT#" \
+    "$deploy/conf.d/30-tls.conf.example" > "$dir/etc/conf.d/30-tls.conf"
   JWT_SECRET="$JWT_SECRET" JWT_KID="$JWT_KID" \
     "$deploy/render-advanced-config.sh" "$deploy/advanced.config.template" "$dir/etc/advanced.config"
   printf 'chat21test%s' "$RANDOM$RANDOM" > "$dir/home/.erlang.cookie"
@@ -83,7 +100,7 @@ launch() {
     sleep 0.5
   done
   # Web-MQTT and MQTT listeners come up with the plugins; wait until they accept.
-  for port in "$MQTT_PORT" "$WS_PORT"; do
+  for port in "$MQTT_PORT" "$WS_PORT" "$MQTTS_PORT" "$WSS_PORT"; do
     until (exec 3<> "/dev/tcp/127.0.0.1/$port") 2> /dev/null; do sleep 0.2; done
   done
 }
@@ -110,6 +127,8 @@ case "$cmd" in
     AMQP_PORT="${AMQP_PORT:-$(free_port)}"
     MQTT_PORT="${MQTT_PORT:-$(free_port)}"
     WS_PORT="${WS_PORT:-$(free_port)}"
+    MQTTS_PORT="${MQTTS_PORT:-$(free_port)}"
+    WSS_PORT="${WSS_PORT:-$(free_port)}"
     DIST_PORT="${DIST_PORT:-$(free_port)}"
     EPMD_PORT="${EPMD_PORT:-$(free_port)}"
     JWT_SECRET="${JWT_SECRET:-$(head -c 24 /dev/urandom | base64 | tr -d '\n/+=')}"
@@ -121,6 +140,8 @@ NODE='$NODE'
 AMQP_PORT=$AMQP_PORT
 MQTT_PORT=$MQTT_PORT
 WS_PORT=$WS_PORT
+MQTTS_PORT=$MQTTS_PORT
+WSS_PORT=$WSS_PORT
 DIST_PORT=$DIST_PORT
 EPMD_PORT=$EPMD_PORT
 JWT_KID='$JWT_KID'
@@ -150,6 +171,9 @@ AMQP_PORT=$AMQP_PORT
 MQTT_PORT=$MQTT_PORT
 WS_PORT=$WS_PORT
 WS_URL=ws://127.0.0.1:$WS_PORT/ws
+MQTTS_PORT=$MQTTS_PORT
+WSS_URL=wss://127.0.0.1:$WSS_PORT/ws
+TLS_CA=$dir/tls/ca.pem
 JWT_SECRET=$JWT_SECRET
 JWT_KID=$JWT_KID
 OUT

@@ -318,3 +318,21 @@ async fn the_engine_runs_with_its_least_privilege_user_and_reaches_nothing_else(
         .await;
     assert!(r.is_err(), "declared an exchange");
 }
+
+/// MQTT and Web-MQTT over TLS, as `deploy/rabbitmq/conf.d/30-tls.conf.example` enables them
+/// (the private broker uses that file, with a private CA): a message goes U1 → U2 over
+/// mqtts and wss, and tokens work the same. The clients verify the server's certificate
+/// (rustls: the private CA, the 127.0.0.1 address in its SAN).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_and_web_mqtt_over_tls() {
+    let b = broker();
+    let e = EngineTask::start(b, &[]).await;
+    let (u1, u2) = (fresh("u"), fresh("u"));
+    let mut c1 = Mqtt::connect(b, &e.app, &u1, Via::Tls).await;
+    c1.subscribe_inbox().await;
+    let mut c2 = Mqtt::connect(b, &e.app, &u2, Via::Wss).await;
+    c2.subscribe_inbox().await;
+    send(&mut c1, &e, &u2, serde_json::json!({"text": "over tls"})).await;
+    assert_eq!(one(&mut c2, &e).await.1["text"], "over tls");
+    assert_eq!(one(&mut c1, &e).await.1["status"], 100);
+}
