@@ -55,3 +55,21 @@ impl Topics {
         }
     }
 }
+
+#[cfg(test)]
+impl Topics {
+    /// Every key a user `me` of `app` publishes an input on, to `with` (tests of the grammar
+    /// and of the token scopes walk the same list).
+    pub(super) fn user_inputs(&self, app: &str, me: &str, with: &str) -> Vec<String> {
+        vec![
+            self.outgoing(me, with),
+            self.receipt(app, me, with, "m1"),
+            self.conversation_update(app, me, with),
+            self.archive(app, me, with),
+            self.presence(app, me, "c1"),
+            self.typing(app, me, with),
+            self.block(app, me, with, true),
+            self.block(app, me, with, false),
+        ]
+    }
+}

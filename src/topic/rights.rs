@@ -124,15 +124,7 @@ mod tests {
     fn chat21_tokens_cover_every_user_input_of_their_own() {
         let t = Topics::chat21("tilechat");
         let r = rights(&t, "U1");
-        for key in [
-            t.outgoing("U1", "U2"),
-            t.receipt("tilechat", "U1", "U2", "m1"),
-            t.conversation_update("tilechat", "U1", "U2"),
-            t.archive("tilechat", "U1", "U2"),
-            t.presence("tilechat", "U1", "c1"),
-            t.typing("tilechat", "U1", "U2"),
-            t.block("tilechat", "U1", "U2", true),
-        ] {
+        for key in t.user_inputs("tilechat", "U1", "U2") {
             assert!(may(&r.write, &key), "{key}");
         }
         for key in [

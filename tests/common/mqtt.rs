@@ -351,23 +351,24 @@ pub async fn raw_publish(broker: &Broker, token: &str, topic: &[u8], payload: &[
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", broker.mqtt_port))
         .await
         .map_err(|e| e.to_string())?;
-    s.write_all(&packet(0x10, connect)).await.map_err(|e| e.to_string())?;
-    let mut connack = [0u8; 4];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut connack))
-        .await
-        .map_err(|_| "no CONNACK".to_string())?
-        .map_err(|e| format!("CONNACK: {e}"))?;
-    if connack != [0x20, 2, 0, 0] {
-        return Err(format!("CONNACK {connack:?}"));
+    // Send `packet`, then expect the 4-byte answer `expected` (CONNACK accepted, PUBACK 1).
+    async fn exchange(
+        s: &mut tokio::net::TcpStream,
+        packet: Vec<u8>,
+        what: &str,
+        expected: [u8; 4],
+    ) -> Result<(), String> {
+        s.write_all(&packet).await.map_err(|e| e.to_string())?;
+        let mut answer = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut answer))
+            .await
+            .map_err(|_| format!("no {what}"))?
+            .map_err(|e| format!("{what}: {e}"))?;
+        match answer == expected {
+            true => Ok(()),
+            false => Err(format!("{what}: {answer:?}")),
+        }
     }
-    s.write_all(&packet(0x32, publish)).await.map_err(|e| e.to_string())?;
-    let mut puback = [0u8; 4];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut puback))
-        .await
-        .map_err(|_| "no PUBACK".to_string())?
-        .map_err(|e| format!("PUBACK: {e}"))?;
-    match puback {
-        [0x40, 2, 0, 1] => Ok(()),
-        other => Err(format!("not a PUBACK: {other:?}")),
-    }
+    exchange(&mut s, packet(0x10, connect), "CONNACK", [0x20, 2, 0, 0]).await?;
+    exchange(&mut s, packet(0x32, publish), "PUBACK", [0x40, 2, 0, 1]).await
 }
