@@ -142,6 +142,10 @@ impl Pipeline {
             Ok(plan) => plan,
             Err(rejection) => return Some(Err(rejection)),
         };
+        // Before the block lists are read: a sender over its budget costs no more lookups.
+        if let Err(rejection) = self.chain.charge_fan_out(&inbound, &plan) {
+            return Some(Err(rejection));
+        }
         let block_commands: Vec<(UserId, UserId, bool)> = plan
             .writes
             .iter()

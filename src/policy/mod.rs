@@ -134,6 +134,14 @@ impl Chain {
         }
     }
 
+    /// After the handler: what a message's fan-out costs its sender's budget.
+    pub fn charge_fan_out(&self, input: &Inbound, plan: &Plan) -> Result<(), Rejection> {
+        match &self.rate_limit {
+            Some(r) => r.charge_fan_out(input, plan),
+            None => Ok(()),
+        }
+    }
+
     pub fn run(&self, input: &Inbound, mut plan: Plan, facts: &Facts) -> Verdict {
         for stage in &self.stages {
             plan = stage.apply(input, plan, facts)?;

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use crate::domain::{Message, RejectReason, UserId};
 use crate::handlers::{Input, Payload};
-use crate::plan::Rejection;
+use crate::plan::{Plan, Rejection};
 use crate::topic::{Inbound, Topics};
 
 /// The configured budgets: (per minute, burst).
@@ -29,6 +29,10 @@ pub struct Budgets {
     pub messages: Option<(NonZeroU32, NonZeroU32)>,
     pub commands: Option<NonZeroU32>,
 }
+
+/// Copies of one message that cost one message of the sender's budget, beyond the two every
+/// direct message makes.
+pub const COPIES_PER_MESSAGE: usize = 10;
 
 /// The input kinds that are user commands, each with its own bucket.
 const COMMANDS: [&str; 6] = [
@@ -42,6 +46,8 @@ const COMMANDS: [&str; 6] = [
 
 pub struct RateLimit {
     messages: Option<(DefaultKeyedRateLimiter<UserId>, NonZeroU32)>,
+    /// The message bucket's size (a fan-out never costs more than a full bucket).
+    burst: NonZeroU32,
     commands: HashMap<&'static str, DefaultKeyedRateLimiter<UserId>>,
     trusted: HashSet<UserId>,
     topics: Arc<Topics>,
@@ -68,6 +74,7 @@ impl RateLimit {
         };
         Some(RateLimit {
             messages,
+            burst: budgets.messages.map_or(NonZeroU32::MIN, |(_, burst)| burst),
             commands,
             trusted,
             topics,
@@ -112,6 +119,38 @@ impl RateLimit {
         match self.commands.get(inbound.kind()) {
             Some(limiter) if limiter.check_key(user).is_err() => Err(RejectReason::RateLimited.into()),
             _ => Ok(()),
+        }
+    }
+
+    /// After planning: a message that fans out costs more of its sender's budget — every
+    /// [`COPIES_PER_MESSAGE`] copies beyond a direct message's two count as one more message
+    /// (at most a whole bucket, so a message to a huge group can still pass a full bucket).
+    /// The first message's token was taken at admission; a refusal tells the sender.
+    pub fn charge_fan_out(&self, input: &Inbound, plan: &Plan) -> Result<(), Rejection> {
+        let (Inbound::Send { sender, .. }, Some((limiter, per_minute))) = (input, &self.messages) else {
+            return Ok(());
+        };
+        let copies = plan.copies().count();
+        if copies <= 2 || self.trusted.contains(sender) {
+            return Ok(());
+        }
+        let extra = (copies - 2).div_ceil(COPIES_PER_MESSAGE) as u32;
+        let extra = NonZeroU32::new(extra.min(self.burst.get())).unwrap_or(NonZeroU32::MIN);
+        match limiter.check_key_n(sender, extra) {
+            Ok(Ok(())) => Ok(()),
+            _ => {
+                let why = format!(
+                    "more than {per_minute} messages a minute ({copies} copies count as {})",
+                    extra.get() + 1
+                );
+                Err(super::refuse_send(
+                    &self.topics,
+                    input,
+                    plan,
+                    RejectReason::RateLimited,
+                    &why,
+                ))
+            }
         }
     }
 
@@ -219,5 +258,31 @@ mod tests {
             assert!(stage.admit(&update, 7).is_ok(), "trusted services are exempt");
         }
         assert!(RateLimit::new(Budgets::default(), HashSet::new(), t).is_none());
+    }
+
+    #[test]
+    fn a_fan_out_costs_its_copies() {
+        let t = Arc::new(Topics::chat21("t"));
+        let stage = RateLimit::new(messages(60, 5), HashSet::from(["system".into()]), t.clone()).unwrap();
+        let members: serde_json::Map<String, serde_json::Value> =
+            (0..20).map(|i| (format!("m{i}"), 1.into())).collect();
+        let body =
+            serde_json::json!({"text": "all", "channel_type": "group", "group": {"members": members}}).to_string();
+        let (inbound, plan) = crate::handlers::testing::plan(&t, &t.outgoing("S", "G"), &body, vec![]);
+        // 20 members + the sender + the group timeline = 22 copies: 1 + 2 more messages.
+        assert_eq!(plan.copies().count(), 22);
+        let admit = |sender: &str| stage.admit(&input(&t, &t.outgoing(sender, "G"), &body), 7);
+        assert!(admit("S").is_ok());
+        assert!(stage.charge_fan_out(&inbound, &plan).is_ok(), "3 of 5 tokens");
+        assert!(admit("S").is_ok(), "a fourth");
+        match stage.charge_fan_out(&inbound, &plan) {
+            Err(Rejection::Refuse { reason, .. }) => assert_eq!(reason, RejectReason::RateLimited),
+            other => panic!("{other:?}"),
+        }
+        // Trusted senders and direct messages are not charged for copies.
+        let (system, plan_s) = crate::handlers::testing::plan(&t, &t.outgoing("system", "G"), &body, vec![]);
+        for _ in 0..10 {
+            assert!(stage.charge_fan_out(&system, &plan_s).is_ok());
+        }
     }
 }

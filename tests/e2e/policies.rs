@@ -288,3 +288,33 @@ async fn a_command_flood_is_rate_limited_per_kind() {
     send(&mut cl[0], &e, &bb, json!({"text": "still here"})).await;
     assert_eq!(one(&mut cl[1], &e).await.1["text"], "still here");
 }
+
+/// A message that fans out costs its copies: to 20 inline members (22 copies) it takes three
+/// messages of a bucket of three, so the next direct message is refused and the sender told.
+#[tokio::test]
+async fn a_fan_out_costs_its_sender_more_of_the_budget() {
+    let b = broker();
+    let e = EngineProc::start(b, &[("RATE_LIMIT_PER_MIN", "60"), ("RATE_LIMIT_BURST", "3")]).await;
+    let (a, bb) = (fresh("A"), fresh("B"));
+    let mut cl = inboxes(b, &e, &[&a]).await;
+    let members: serde_json::Map<String, Value> = (0..20).map(|i| (fresh(&format!("m{i}-")), 1.into())).collect();
+    let group = fresh("group-");
+    send(
+        &mut cl[0],
+        &e,
+        &group,
+        json!({"text": "to all", "channel_type": "group", "group": {"members": members}}),
+    )
+    .await;
+    assert_eq!(
+        one(&mut cl[0], &e).await.1["text"],
+        "to all",
+        "the group message goes through"
+    );
+    send(&mut cl[0], &e, &bb, json!({"text": "one more"})).await;
+    let (_, m) = one(&mut cl[0], &e).await;
+    assert_eq!(
+        (m["status"].as_i64(), m["error"]["code"].as_str()),
+        (Some(-100), Some("rate_limited"))
+    );
+}
