@@ -540,22 +540,36 @@ async fn nul_in_text_is_stored_exactly_postgres() {
     nul_in_text_is_stored_exactly(Db::Postgres).await;
 }
 
-/// An input whose writes the store refuses for their data (here a trigger raising SQLSTATE
-/// 22023 for one text, standing for any data exception): the batch it shares is split, the
-/// other inputs commit, and this one goes — body and routing key unchanged, the error in a
-/// header — to the dead-letter queue, acked, instead of stalling every commit forever.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_poison_input_is_dead_lettered_and_the_rest_commits() {
+/// An input whose writes the store refuses for their data (here a trigger refusing one text,
+/// standing for any data error: SQLSTATE 22023 on PostgreSQL, SQLITE_CONSTRAINT_TRIGGER on
+/// SQLite): the batch it shares is split, the other inputs commit, and this one goes — body
+/// and routing key unchanged, the error in a header — to the dead-letter queue, acked,
+/// instead of stalling every commit forever.
+async fn a_poison_input_is_dead_lettered_and_the_rest_commits(db: Db) {
     let b = broker();
-    let e = engine_task_with(b, Db::Postgres, &[]).await;
-    let pool = sqlx::PgPool::connect(&e.database_url).await.unwrap();
-    for sql in [
-        "CREATE FUNCTION refuse_poison() RETURNS trigger AS $$ BEGIN \
-         IF NEW.text = 'poison' THEN RAISE EXCEPTION 'poison text' USING ERRCODE = '22023'; END IF; \
-         RETURN NEW; END $$ LANGUAGE plpgsql",
-        "CREATE TRIGGER refuse_poison BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
-    ] {
-        sqlx::query(sql).execute(&pool).await.unwrap();
+    let e = engine_task_with(b, db, &[]).await;
+    match db {
+        Db::Postgres => {
+            let pool = sqlx::PgPool::connect(&e.database_url).await.unwrap();
+            for sql in [
+                "CREATE FUNCTION refuse_poison() RETURNS trigger AS $$ BEGIN \
+                 IF NEW.text = 'poison' THEN RAISE EXCEPTION 'poison text' USING ERRCODE = '22023'; END IF; \
+                 RETURN NEW; END $$ LANGUAGE plpgsql",
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
+            ] {
+                sqlx::query(sql).execute(&pool).await.unwrap();
+            }
+        }
+        Db::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&e.database_url).await.unwrap();
+            sqlx::query(
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON messages WHEN NEW.text = 'poison' \
+                 BEGIN SELECT RAISE(ABORT, 'poison text'); END",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
     }
     let (u1, u2) = (fresh("u"), fresh("u"));
     let t = e.topics();
@@ -615,4 +629,14 @@ async fn a_poison_input_is_dead_lettered_and_the_rest_commits() {
         .await
         .unwrap()
         .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_input_is_dead_lettered_and_the_rest_commits_sqlite() {
+    a_poison_input_is_dead_lettered_and_the_rest_commits(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_input_is_dead_lettered_and_the_rest_commits_postgres() {
+    a_poison_input_is_dead_lettered_and_the_rest_commits(Db::Postgres).await;
 }
