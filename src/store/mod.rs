@@ -346,6 +346,58 @@ mod tests {
         (dir, store)
     }
 
+    /// A store made before `received_at` existed is converted in place when it is opened: its
+    /// conversations keep their last message and take its timestamp as their receive time,
+    /// so the next (newer) message still replaces it and an older replay still does not.
+    #[tokio::test]
+    async fn the_received_at_migration_keeps_existing_conversations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db").display().to_string();
+        {
+            let old = sqlx::migrate::Migrator {
+                migrations: MIGRATOR
+                    .migrations
+                    .iter()
+                    .filter(|m| m.version < 20261203000001)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .into(),
+                ..sqlx::migrate::Migrator::DEFAULT
+            };
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{path}?mode=rwc"))
+                .await
+                .unwrap();
+            old.run(&pool).await.unwrap();
+            sqlx::query(
+                "INSERT INTO conversations (timeline_of, convers_with, app_id, message_id, status, timestamp, \
+                 is_new, archived, body) VALUES ('A', 'B', 'a', 'm1', 150, 1000, TRUE, FALSE, \
+                 '{\"message_id\":\"m1\",\"text\":\"old\",\"timestamp\":1000}')",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        let store = Store::open(&Database::Sqlite { path }).await.unwrap();
+        let conv = store.conversation("A", "B").await.unwrap().expect("kept");
+        assert_eq!(conv.last.text(), Some("old"));
+        let at: i64 = sqlx::query_scalar("SELECT received_at FROM conversations")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(at, 1000);
+        apply(&store, &stored(&copy("A", "B", "m0", 500, "older replay", true))).await;
+        assert_eq!(
+            store.conversation("A", "B").await.unwrap().unwrap().last.text(),
+            Some("old")
+        );
+        apply(&store, &stored(&copy("A", "B", "m2", 2000, "new", true))).await;
+        assert_eq!(
+            store.conversation("A", "B").await.unwrap().unwrap().last.text(),
+            Some("new")
+        );
+    }
+
     /// A real SQLite file: upserts are idempotent and the newest message wins.
     #[tokio::test]
     async fn sqlite_upserts() {
