@@ -70,6 +70,8 @@ impl Publish {
 /// A message copy in `timeline_of`'s conversation with `convers_with`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TimelineCopy {
+    /// The app (tenant) the timeline belongs to: part of every stored row's key.
+    pub app: AppId,
     pub timeline_of: UserId,
     pub convers_with: UserId,
     /// The conversation is new/unread for this timeline (true for the recipient).
@@ -98,6 +100,7 @@ pub enum Write {
     Conversation(TimelineCopy),
     /// Set a stored conversation's `is_new` flag (only where the conversation exists).
     ConversationIsNew {
+        app: AppId,
         timeline_of: UserId,
         convers_with: UserId,
         is_new: bool,

@@ -34,6 +34,7 @@ pub(super) fn update(
     Ok(Plan {
         publishes: vec![Publish::json(key, &update)],
         writes: vec![Write::ConversationIsNew {
+            app: app.clone(),
             timeline_of: me.clone(),
             convers_with: with.clone(),
             is_new,
@@ -69,6 +70,7 @@ mod tests {
         assert_eq!(
             p.writes,
             vec![Write::ConversationIsNew {
+                app: "app".into(),
                 timeline_of: "U1".into(),
                 convers_with: "U2".into(),
                 is_new: false

@@ -71,6 +71,7 @@ pub(super) fn send(
         .filter(|m| *m != group_id && Some(m.as_str()) != hidden_for.as_deref())
     {
         let copy = TimelineCopy {
+            app: app.clone(),
             timeline_of: m.clone(),
             convers_with: group_id.clone(),
             is_new: m != sender,
@@ -85,10 +86,16 @@ pub(super) fn send(
     // timeline is that user's inbox: so the user's block list may veto it like any copy.
     let key = topics.message_added(app, group_id, group_id)?;
     let sent = Sealed::new(msg.with_status(status::SENT));
-    let veto = stored.is_none().then_some(group_id);
-    publishes.push(super::send::copy(
-        key, group_id, group_id, false, sent, veto, ctx.now_ms,
-    ));
+    let veto = stored.is_none().then(|| group_id.clone());
+    let timeline = TimelineCopy {
+        app: app.clone(),
+        timeline_of: group_id.clone(),
+        convers_with: group_id.clone(),
+        is_new: false,
+        message: sent,
+        received_ms: ctx.now_ms,
+    };
+    publishes.push(Publish::copy(key, timeline, veto));
     Ok(Plan::publishes(publishes))
 }
 

@@ -23,6 +23,7 @@ pub(super) fn replay(
     let key = topics.message_added(app, inbox, convers_with)?;
     let is_new = msg.sender() != Some(inbox.as_str());
     let copy = TimelineCopy {
+        app: app.clone(),
         timeline_of: inbox.clone(),
         convers_with: convers_with.clone(),
         is_new,

@@ -23,41 +23,24 @@ pub(super) fn send(
     let recipient_key = topics.message_added(app, recipient, sender)?;
 
     msg.stamp(app, sender, recipient, ctx.fresh_id, ctx.now_ms);
-    let sent = Sealed::new(msg.clone().with_status(status::SENT));
-    let sender_copy = copy(sender_key, sender, recipient, false, sent, None, ctx.now_ms);
-    let delivered = Sealed::new(msg.with_status(status::DELIVERED));
-    let recipient_copy = copy(
-        recipient_key,
-        recipient,
-        sender,
-        true,
-        delivered,
-        Some(recipient),
-        ctx.now_ms,
-    );
-    Ok(Plan::publishes(vec![sender_copy, recipient_copy]))
-}
-
-/// A message copy for `timeline_of`'s conversation with `convers_with`, published at `key`.
-/// `to`: whose block list may veto it (None for the sender's own copy and stored groups'
-/// timelines); `received_ms`: the engine's receive time.
-pub(super) fn copy(
-    key: String,
-    timeline_of: &UserId,
-    convers_with: &UserId,
-    is_new: bool,
-    message: std::sync::Arc<Sealed>,
-    to: Option<&UserId>,
-    received_ms: i64,
-) -> Publish {
-    let copy = TimelineCopy {
+    let copy = |timeline_of: &UserId, convers_with: &UserId, is_new, message| TimelineCopy {
+        app: app.clone(),
         timeline_of: timeline_of.clone(),
         convers_with: convers_with.clone(),
         is_new,
         message,
-        received_ms,
+        received_ms: ctx.now_ms,
     };
-    Publish::copy(key, copy, to.cloned())
+    let sent = Sealed::new(msg.clone().with_status(status::SENT));
+    let sender_copy = Publish::copy(sender_key, copy(sender, recipient, false, sent), None);
+    let delivered = Sealed::new(msg.with_status(status::DELIVERED));
+    // The recipient's block list may veto its copy (§9); the sender's own copy, never.
+    let recipient_copy = Publish::copy(
+        recipient_key,
+        copy(recipient, sender, true, delivered),
+        Some(recipient.clone()),
+    );
+    Ok(Plan::publishes(vec![sender_copy, recipient_copy]))
 }
 
 #[cfg(test)]

@@ -14,8 +14,8 @@ pub trait Lookups: Sync {
         true
     }
 
-    /// A stored group, if any.
-    fn group(&self, uid: &UserId) -> impl Future<Output = Result<Option<Group>, StoreError>> + Send;
+    /// A stored group of `app`, if any.
+    fn group(&self, app: &AppId, uid: &UserId) -> impl Future<Output = Result<Option<Group>, StoreError>> + Send;
 
     /// The block lists of `users` (who each of them blocked); every user is in the answer,
     /// with an empty set when they blocked no one.
@@ -27,8 +27,8 @@ pub trait Lookups: Sync {
 }
 
 impl Lookups for Store {
-    fn group(&self, uid: &UserId) -> impl Future<Output = Result<Option<Group>, StoreError>> + Send {
-        Store::group(self, uid)
+    fn group(&self, app: &AppId, uid: &UserId) -> impl Future<Output = Result<Option<Group>, StoreError>> + Send {
+        Store::group(self, app, uid)
     }
 
     fn block_lists(
@@ -49,7 +49,7 @@ impl Lookups for NoStore {
         false
     }
 
-    async fn group(&self, _uid: &UserId) -> Result<Option<Group>, StoreError> {
+    async fn group(&self, _app: &AppId, _uid: &UserId) -> Result<Option<Group>, StoreError> {
         Ok(None)
     }
 
@@ -67,10 +67,10 @@ impl<L: Lookups> Lookups for Option<L> {
         self.as_ref().is_some_and(L::is_a_store)
     }
 
-    async fn group(&self, uid: &UserId) -> Result<Option<Group>, StoreError> {
+    async fn group(&self, app: &AppId, uid: &UserId) -> Result<Option<Group>, StoreError> {
         match self {
-            Some(l) => l.group(uid).await,
-            None => NoStore.group(uid).await,
+            Some(l) => l.group(app, uid).await,
+            None => NoStore.group(app, uid).await,
         }
     }
 

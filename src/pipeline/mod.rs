@@ -124,7 +124,7 @@ impl Pipeline {
             return Some(Err(rejection));
         }
         let group = match input.group_needed() {
-            Some(uid) => self.group(uid, lookups, shutdown).await?,
+            Some(uid) => self.group(input.inbound.app(), uid, lookups, shutdown).await?,
             None => None,
         };
         let Input { inbound, payload } = input;
@@ -202,6 +202,7 @@ impl Pipeline {
     /// The stored group `uid`, from the cache or else the store.
     async fn group<L: Lookups>(
         &self,
+        app: &AppId,
         uid: &UserId,
         lookups: &L,
         shutdown: &CancellationToken,
@@ -213,7 +214,7 @@ impl Pipeline {
         if lookups.is_a_store() {
             self.metrics.lookups(CacheKind::Groups, false, 1);
         }
-        let group = match read("group", shutdown, || lookups.group(uid)).await? {
+        let group = match read("group", shutdown, || lookups.group(app, uid)).await? {
             Ok(group) => group.map(Arc::new),
             // Retrying cannot fix it, and one bad row must not stall every input behind it:
             // the group is taken as not stored (so not cached), loudly.

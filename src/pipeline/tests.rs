@@ -59,7 +59,7 @@ impl Memory {
 }
 
 impl Lookups for Memory {
-    async fn group(&self, uid: &UserId) -> Result<Option<Group>, StoreError> {
+    async fn group(&self, _app: &AppId, uid: &UserId) -> Result<Option<Group>, StoreError> {
         self.group_reads.fetch_add(1, Ordering::SeqCst);
         self.fail()?;
         if self.corrupt_groups.lock().unwrap().contains(uid) {

@@ -22,26 +22,35 @@ impl<'a> Batch<'a> {
     pub fn of(writes: &[&'a Write]) -> Batch<'a> {
         let mut b = Batch::default();
         let mut seen = HashSet::new();
-        let mut conv_index: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut conv_index: HashMap<(&str, &str, &str), usize> = HashMap::new();
         for (i, w) in writes.iter().enumerate() {
             match w {
                 Write::Message(c) => {
-                    if seen.insert((c.timeline_of.as_str(), c.message().message_id().unwrap_or_default())) {
+                    if seen.insert((
+                        c.app.as_str(),
+                        c.timeline_of.as_str(),
+                        c.message().message_id().unwrap_or_default(),
+                    )) {
                         b.messages.push((i, c));
                     }
                 }
-                Write::Conversation(c) => match conv_index.get(&(c.timeline_of.as_str(), c.convers_with.as_str())) {
-                    Some(&at) => {
-                        let current: &TimelineCopy = b.conversations[at].1;
-                        if c.received_ms >= current.received_ms {
-                            b.conversations[at] = (i, c);
+                Write::Conversation(c) => {
+                    match conv_index.get(&(c.app.as_str(), c.timeline_of.as_str(), c.convers_with.as_str())) {
+                        Some(&at) => {
+                            let current: &TimelineCopy = b.conversations[at].1;
+                            if c.received_ms >= current.received_ms {
+                                b.conversations[at] = (i, c);
+                            }
+                        }
+                        None => {
+                            conv_index.insert(
+                                (c.app.as_str(), c.timeline_of.as_str(), c.convers_with.as_str()),
+                                b.conversations.len(),
+                            );
+                            b.conversations.push((i, c));
                         }
                     }
-                    None => {
-                        conv_index.insert((c.timeline_of.as_str(), c.convers_with.as_str()), b.conversations.len());
-                        b.conversations.push((i, c));
-                    }
-                },
+                }
                 _ => b.updates.push((i, w)),
             }
         }
@@ -57,6 +66,7 @@ mod tests {
     fn copy(id: &str, ts: i64, text: &str) -> TimelineCopy {
         let m = serde_json::json!({"message_id": id, "timestamp": ts, "text": text});
         TimelineCopy {
+            app: "a".into(),
             timeline_of: "A".into(),
             convers_with: "B".into(),
             is_new: true,

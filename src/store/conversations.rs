@@ -7,7 +7,7 @@ use sqlx::Row;
 use super::batch::WriteIndex;
 use super::sql::{bind_copy, get_bool, json, json_object, placeholders, Dialect, Tx};
 use super::StoreError;
-use crate::domain::{Conversation, Message, UserId};
+use crate::domain::{AppId, Conversation, Message, UserId};
 use crate::plan::TimelineCopy;
 
 const COLUMNS: &str = "timeline_of, convers_with, body, \
@@ -23,7 +23,7 @@ pub(super) async fn unarchived_by(
     rows: &[(WriteIndex, &TimelineCopy)],
 ) -> Result<Vec<(WriteIndex, Conversation)>, sqlx::Error> {
     let sql = format!(
-        "SELECT timeline_of, convers_with, received_at FROM conversations WHERE archived = TRUE AND timeline_of IN {}",
+        "SELECT timeline_of, convers_with, received_at, app_id FROM conversations WHERE archived = TRUE AND timeline_of IN {}",
         placeholders(dialect, 1, rows.len(), None)
     );
     let mut q = sqlx::query(&sql);
@@ -32,10 +32,11 @@ pub(super) async fn unarchived_by(
     }
     let mut out = Vec::new();
     for r in q.fetch_all(&mut **tx).await? {
-        let (t, w, ts): (String, String, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+        let (t, w, ts, app): (String, String, i64, String) =
+            (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
         let wins = rows
             .iter()
-            .find(|(_, c)| c.timeline_of == t && c.convers_with == w && c.received_ms >= ts);
+            .find(|(_, c)| c.app == app && c.timeline_of == t && c.convers_with == w && c.received_ms >= ts);
         if let Some((i, c)) = wins {
             out.push((
                 *i,
@@ -62,7 +63,7 @@ pub(super) async fn upsert(
     let sql = format!(
         "INSERT INTO conversations (timeline_of, convers_with, app_id, message_id, sender, recipient, status, \
          timestamp, last_message_text, type, channel_type, attributes, is_new, archived, body, received_at) VALUES {} \
-         ON CONFLICT (timeline_of, convers_with) DO UPDATE SET \
+         ON CONFLICT (app_id, timeline_of, convers_with) DO UPDATE SET \
          app_id = excluded.app_id, message_id = excluded.message_id, sender = excluded.sender, \
          recipient = excluded.recipient, status = excluded.status, timestamp = excluded.timestamp, \
          last_message_text = excluded.last_message_text, type = excluded.type, \
@@ -87,14 +88,16 @@ pub(super) async fn upsert(
 /// Set `is_new` where the conversation exists (never a stub row).
 pub(super) async fn set_is_new(
     tx: &mut Tx<'_>,
+    app: &AppId,
     timeline_of: &str,
     convers_with: &str,
     is_new: bool,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE conversations SET is_new = $1 WHERE timeline_of = $2 AND convers_with = $3")
+    sqlx::query("UPDATE conversations SET is_new = $1 WHERE timeline_of = $2 AND convers_with = $3 AND app_id = $4")
         .bind(is_new)
         .bind(timeline_of)
         .bind(convers_with)
+        .bind(app.as_str())
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -105,19 +108,24 @@ pub(super) async fn set_is_new(
 /// corrupt row is archived, logged, and not published).
 pub(super) async fn archive(
     tx: &mut Tx<'_>,
+    app: &AppId,
     timeline_of: &str,
     convers_with: &str,
 ) -> Result<Option<Conversation>, sqlx::Error> {
-    sqlx::query("UPDATE conversations SET archived = TRUE WHERE timeline_of = $1 AND convers_with = $2")
-        .bind(timeline_of)
-        .bind(convers_with)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "UPDATE conversations SET archived = TRUE WHERE timeline_of = $1 AND convers_with = $2 AND app_id = $3",
+    )
+    .bind(timeline_of)
+    .bind(convers_with)
+    .bind(app.as_str())
+    .execute(&mut **tx)
+    .await?;
     let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM conversations WHERE timeline_of = $1 AND convers_with = $2"
+        "SELECT {COLUMNS} FROM conversations WHERE timeline_of = $1 AND convers_with = $2 AND app_id = $3"
     ))
     .bind(timeline_of)
     .bind(convers_with)
+    .bind(app.as_str())
     .fetch_optional(&mut **tx)
     .await?;
     match row.as_ref().map(conversation).transpose() {

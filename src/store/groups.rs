@@ -12,7 +12,7 @@ pub(super) async fn upsert(tx: &mut Tx<'_>, g: &Group) -> Result<(), sqlx::Error
     let members: Map<String, Value> = g.members.iter().map(|m| (m.to_string(), Value::from(1))).collect();
     let q = sqlx::query(
         "INSERT INTO groups (uid, app_id, name, owner, members, attributes, created_on, updated_on, body) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (uid) DO UPDATE SET \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (app_id, uid) DO UPDATE SET \
          app_id = excluded.app_id, name = excluded.name, owner = excluded.owner, members = excluded.members, \
          attributes = excluded.attributes, updated_on = excluded.updated_on, body = excluded.body",
     )
@@ -31,11 +31,13 @@ pub(super) async fn upsert(tx: &mut Tx<'_>, g: &Group) -> Result<(), sqlx::Error
 }
 
 /// A stored group. A row that does not parse is [`StoreError::Corrupt`].
-pub(super) async fn one(pool: &sqlx::AnyPool, uid: &UserId) -> Result<Option<Group>, StoreError> {
-    let row = sqlx::query("SELECT app_id, members, body, created_on, updated_on FROM groups WHERE uid = $1")
-        .bind(uid.as_str())
-        .fetch_optional(pool)
-        .await?;
+pub(super) async fn one(pool: &sqlx::AnyPool, app: &AppId, uid: &UserId) -> Result<Option<Group>, StoreError> {
+    let row =
+        sqlx::query("SELECT app_id, members, body, created_on, updated_on FROM groups WHERE app_id = $1 AND uid = $2")
+            .bind(app.as_str())
+            .bind(uid.as_str())
+            .fetch_optional(pool)
+            .await?;
     let Some(r) = row else { return Ok(None) };
     let corrupt = |why: String| StoreError::Corrupt {
         table: "groups",

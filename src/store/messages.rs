@@ -29,7 +29,7 @@ pub(super) async fn insert(
 ) -> Result<(), sqlx::Error> {
     let sql = format!(
         "INSERT INTO messages (timeline_of, convers_with, app_id, message_id, sender, recipient, status, timestamp, \
-         text, type, channel_type, body) VALUES {} ON CONFLICT (timeline_of, message_id) DO NOTHING",
+         text, type, channel_type, body) VALUES {} ON CONFLICT (app_id, timeline_of, message_id) DO NOTHING",
         placeholders(dialect, rows.len(), 12, None)
     );
     let mut q = sqlx::query(&sql);
@@ -45,6 +45,7 @@ pub(super) async fn insert(
 /// (fix D7).
 async fn raise_status(
     tx: &mut Tx<'_>,
+    app: &AppId,
     timeline_of: &str,
     convers_with: &str,
     message_id: &str,
@@ -52,12 +53,13 @@ async fn raise_status(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE messages SET status = $1 \
-         WHERE timeline_of = $2 AND message_id = $3 AND convers_with = $4 AND status < $1",
+         WHERE timeline_of = $2 AND message_id = $3 AND convers_with = $4 AND app_id = $5 AND status < $1",
     )
     .bind(status)
     .bind(timeline_of)
     .bind(message_id)
     .bind(convers_with)
+    .bind(app.as_str())
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -73,19 +75,21 @@ pub(super) async fn receipt(
     convers_with: &UserId,
     message_id: &MessageId,
 ) -> Result<Option<ReceiptNotice>, StoreError> {
-    let row =
-        sqlx::query("SELECT sender FROM messages WHERE timeline_of = $1 AND message_id = $2 AND convers_with = $3")
-            .bind(reader.as_str())
-            .bind(message_id.as_str())
-            .bind(convers_with.as_str())
-            .fetch_optional(&mut **tx)
-            .await?;
+    let row = sqlx::query(
+        "SELECT sender FROM messages WHERE timeline_of = $1 AND message_id = $2 AND convers_with = $3 AND app_id = $4",
+    )
+    .bind(reader.as_str())
+    .bind(message_id.as_str())
+    .bind(convers_with.as_str())
+    .bind(app.as_str())
+    .fetch_optional(&mut **tx)
+    .await?;
     let Some(row) = row else {
         // Not in the reader's timeline there: someone else's message, or none at all.
         return Ok(None);
     };
     let sender: Option<String> = row.try_get("sender")?;
-    raise_status(tx, reader, convers_with, message_id, status::RECEIVED).await?;
+    raise_status(tx, app, reader, convers_with, message_id, status::RECEIVED).await?;
     let Some(sender) = sender else {
         return Ok(None);
     };
@@ -95,7 +99,7 @@ pub(super) async fn receipt(
     }
     if sender == convers_with.as_str() {
         // Direct: the sender's own copy, in its conversation with the reader.
-        raise_status(tx, convers_with, reader, message_id, status::RETURN_RECEIPT).await?;
+        raise_status(tx, app, convers_with, reader, message_id, status::RETURN_RECEIPT).await?;
         return Ok(Some(ReceiptNotice {
             app: app.clone(),
             to: convers_with.clone(),
@@ -110,8 +114,8 @@ pub(super) async fn receipt(
         tracing::error!(group = %convers_with, message_id = %message_id, sender, "stored sender is not an id; receipt not passed on");
         return Ok(None);
     };
-    raise_status(tx, convers_with, convers_with, message_id, status::RETURN_RECEIPT).await?;
-    raise_status(tx, &sender, convers_with, message_id, status::RETURN_RECEIPT).await?;
+    raise_status(tx, app, convers_with, convers_with, message_id, status::RETURN_RECEIPT).await?;
+    raise_status(tx, app, &sender, convers_with, message_id, status::RETURN_RECEIPT).await?;
     Ok(Some(ReceiptNotice {
         app: app.clone(),
         to: sender,

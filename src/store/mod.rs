@@ -228,9 +228,9 @@ impl Store {
         conversations::one(&self.pool, timeline_of, convers_with).await
     }
 
-    /// A stored group. A row that does not parse is [`StoreError::Corrupt`].
-    pub async fn group(&self, uid: &UserId) -> Result<Option<Group>, StoreError> {
-        groups::one(&self.pool, uid).await
+    /// A stored group of `app`. A row that does not parse is [`StoreError::Corrupt`].
+    pub async fn group(&self, app: &AppId, uid: &UserId) -> Result<Option<Group>, StoreError> {
+        groups::one(&self.pool, app, uid).await
     }
 
     /// The block lists of `users` (who each of them blocked), one query per 256 users. Users
@@ -263,16 +263,17 @@ impl Store {
 async fn update(tx: &mut sql::Tx<'_>, at: WriteIndex, w: &Write, applied: &mut Applied) -> Result<(), StoreError> {
     match w {
         Write::ConversationIsNew {
+            app,
             timeline_of,
             convers_with,
             is_new,
-        } => conversations::set_is_new(tx, timeline_of, convers_with, *is_new).await?,
+        } => conversations::set_is_new(tx, app, timeline_of, convers_with, *is_new).await?,
         Write::Archive {
+            app,
             timeline_of,
             convers_with,
-            ..
         } => {
-            if let Some(conv) = conversations::archive(tx, timeline_of, convers_with).await? {
+            if let Some(conv) = conversations::archive(tx, app, timeline_of, convers_with).await? {
                 applied.add(at, |c| c.archived.push(conv));
             }
         }
@@ -322,6 +323,7 @@ mod tests {
     fn copy(timeline_of: &str, with: &str, id: &str, ts: i64, text: &str, is_new: bool) -> TimelineCopy {
         let m = serde_json::json!({"message_id": id, "timestamp": ts, "text": text, "status": 150, "app_id": "a", "sender": with});
         TimelineCopy {
+            app: "a".into(),
             timeline_of: timeline_of.into(),
             convers_with: with.into(),
             is_new,
@@ -346,11 +348,12 @@ mod tests {
         (dir, store)
     }
 
-    /// A store made before `received_at` existed is converted in place when it is opened: its
-    /// conversations keep their last message and take its timestamp as their receive time,
-    /// so the next (newer) message still replaces it and an older replay still does not.
+    /// A store made before `received_at` and the app-keyed tables existed is converted in place
+    /// when it is opened: its conversations keep their last message and take its timestamp as
+    /// their receive time (the next, newer message still replaces it and an older replay still
+    /// does not); messages and groups come through the rebuilt tables unchanged.
     #[tokio::test]
-    async fn the_received_at_migration_keeps_existing_conversations() {
+    async fn migrations_convert_an_existing_store_in_place() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old.db").display().to_string();
         {
@@ -376,6 +379,14 @@ mod tests {
             .execute(&pool)
             .await
             .unwrap();
+            for sql in [
+                "INSERT INTO messages (timeline_of, message_id, convers_with, app_id, status, timestamp, body) \
+                 VALUES ('A', 'm1', 'B', 'a', 150, 1000, '{\"message_id\":\"m1\",\"text\":\"old\",\"timestamp\":1000}')",
+                "INSERT INTO groups (uid, app_id, members, created_on, updated_on, body) \
+                 VALUES ('g', 'a', '{\"A\":1}', 1, 1, '{\"uid\":\"g\",\"members\":{\"A\":1}}')",
+            ] {
+                sqlx::query(sql).execute(&pool).await.unwrap();
+            }
             pool.close().await;
         }
         let store = Store::open(&Database::Sqlite { path }).await.unwrap();
@@ -386,6 +397,21 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(at, 1000);
+        assert_eq!(
+            store.message("A", "m1").await.unwrap().unwrap().message.text(),
+            Some("old")
+        );
+        let g = store
+            .group(&"a".into(), &"g".into())
+            .await
+            .unwrap()
+            .expect("the group kept");
+        assert!(g.is_member("A"));
+        assert_eq!(
+            store.group(&"other".into(), &"g".into()).await.unwrap(),
+            None,
+            "keyed by app"
+        );
         apply(&store, &stored(&copy("A", "B", "m0", 500, "older replay", true))).await;
         assert_eq!(
             store.conversation("A", "B").await.unwrap().unwrap().last.text(),
@@ -479,7 +505,7 @@ mod tests {
             .execute(&store.pool)
             .await
             .unwrap();
-        assert!(corrupt(store.group(&"g".into()).await.unwrap_err()));
+        assert!(corrupt(store.group(&"app".into(), &"g".into()).await.unwrap_err()));
     }
 
     /// Inside a write a corrupt row never fails the batch (it would fail on every retry and
@@ -489,6 +515,7 @@ mod tests {
         let (_dir, store) = temp_store().await;
         let m = serde_json::json!({"message_id": "m", "sender": "not an id", "timestamp": 1});
         let replayed = TimelineCopy {
+            app: "a".into(),
             timeline_of: "R".into(),
             convers_with: "G".into(),
             is_new: false,
@@ -528,16 +555,16 @@ mod tests {
     #[tokio::test]
     async fn groups_round_trip_in_member_order() {
         let (_dir, store) = temp_store().await;
-        assert_eq!(store.group(&"g".into()).await.unwrap(), None);
+        assert_eq!(store.group(&"app".into(), &"g".into()).await.unwrap(), None);
         let obj = serde_json::json!({"uid":"g","name":"N","owner":"o","members":{"z":1,"a":1},"attributes":{"k":1}});
         let g = Group::from_object(&"app".into(), obj.as_object().unwrap(), 5).unwrap();
         apply(&store, &[Write::Group(Arc::new(g.clone()))]).await;
-        assert_eq!(store.group(&"g".into()).await.unwrap(), Some(g.clone()));
+        assert_eq!(store.group(&"app".into(), &"g".into()).await.unwrap(), Some(g.clone()));
         // An update replaces the membership and keeps the creation time.
         let obj = serde_json::json!({"uid":"g","members":{"a":1}});
         let g2 = Group::from_object(&"app".into(), obj.as_object().unwrap(), 9).unwrap();
         apply(&store, &[Write::Group(Arc::new(g2))]).await;
-        let got = store.group(&"g".into()).await.unwrap().unwrap();
+        let got = store.group(&"app".into(), &"g".into()).await.unwrap().unwrap();
         assert_eq!(got.members, vec!["a"]);
         assert_eq!((got.created_on, got.updated_on), (5, 9));
     }
@@ -586,6 +613,7 @@ mod tests {
         let msg = |timeline: &str, with: &str, id: &str, sender: &str, status: i64| {
             let m = serde_json::json!({"message_id": id, "sender": sender, "timestamp": 1, "status": status});
             Write::Message(TimelineCopy {
+                app: "a".into(),
                 timeline_of: timeline.into(),
                 convers_with: with.into(),
                 is_new: false,

@@ -18,7 +18,7 @@ pub(super) fn bind_copy<'q>(q: Query<'q>, c: &'q crate::plan::TimelineCopy) -> Q
     let q = q
         .bind(c.timeline_of.as_str())
         .bind(c.convers_with.as_str())
-        .bind(m.app_id().unwrap_or_default())
+        .bind(c.app.as_str())
         .bind(m.message_id().unwrap_or_default())
         .bind(m.sender())
         .bind(m.recipient())

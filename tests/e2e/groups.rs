@@ -14,7 +14,13 @@ fn ids(users: &[&str]) -> Map<String, Value> {
 /// Is `g` in the engine's store?
 async fn group_stored(e: &Running, g: &str) -> bool {
     let uid = UserId::parse(g).unwrap();
-    open_store(&e.database_url).await.group(&uid).await.unwrap().is_some()
+    let app = chat21_engine::domain::AppId::parse(&e.app).unwrap();
+    open_store(&e.database_url)
+        .await
+        .group(&app, &uid)
+        .await
+        .unwrap()
+        .is_some()
 }
 
 /// What a group-managing service does: publish a group update on the observer topic.
@@ -87,7 +93,10 @@ async fn stored_group_of_three(db: Db) {
     let rows = store.messages(&g, &g, 10).await.unwrap();
     assert_eq!((rows.len(), rows[0].status), (1, 100));
     let stored = store
-        .group(&UserId::parse(&g).unwrap())
+        .group(
+            &chat21_engine::domain::AppId::parse(&e.app).unwrap(),
+            &UserId::parse(&g).unwrap(),
+        )
         .await
         .unwrap()
         .expect("group stored");

@@ -433,6 +433,7 @@ async fn store_reads(url: String) {
     let copy = |id: &str, ts: i64| {
         let m = json!({"message_id": id, "timestamp": ts, "text": id, "status": 150, "app_id": "t", "sender": b});
         TimelineCopy {
+            app: app.clone(),
             timeline_of: uid(&a),
             convers_with: uid(&b),
             is_new: true,
@@ -639,4 +640,58 @@ async fn a_poison_input_is_dead_lettered_and_the_rest_commits_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_input_is_dead_lettered_and_the_rest_commits_postgres() {
     a_poison_input_is_dead_lettered_and_the_rest_commits(Db::Postgres).await;
+}
+
+/// Two apps' engines on one database: the same user ids, group uid and client message id in
+/// both are separate rows — a message of one app never takes the place of the other's, and
+/// a group's membership is the one of its own app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_apps_share_one_database_safely() {
+    let b = broker();
+    let url = fresh_pg_schema().await;
+    let (app1, app2) = (fresh("app"), fresh("app"));
+    let e1 = EngineTask::start(b, &[("DATABASE_URL", url.as_str()), ("APP_ID", app1.as_str())]).await;
+    let e2 = EngineTask::start(b, &[("DATABASE_URL", url.as_str()), ("APP_ID", app2.as_str())]).await;
+    let (u1, u2, g) = (fresh("u"), fresh("u"), fresh("group-"));
+    for (e, members) in [(&e1, json!({&u1: 1, &u2: 1})), (&e2, json!({&u1: 1}))] {
+        let update = json!({"group": {"uid": g, "members": members}, "notify_to": {}});
+        amqp_publish(b, &e.topics().group_update(&e.app), update.to_string().as_bytes()).await;
+    }
+    for e in [&e1, &e2] {
+        let mut c = Mqtt::connect(b, &e.app, &u1, Via::Tcp).await;
+        c.subscribe_inbox().await;
+        let body = json!({"text": format!("hello from {}", e.app), "message_id": "same-id"});
+        crate::common::send(&mut c, e, &u2, body).await;
+        one(&mut c, e).await;
+    }
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    // The copies are published before their commit ends: wait for both rows.
+    let rows = eventually("both apps' rows", || async {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT app_id, text FROM messages WHERE timeline_of = $1 AND message_id = 'same-id' ORDER BY app_id",
+        )
+        .bind(&u2)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        (rows.len() >= 2).then_some(rows)
+    })
+    .await;
+    let mut expected = vec![
+        (app1.clone(), format!("hello from {app1}")),
+        (app2.clone(), format!("hello from {app2}")),
+    ];
+    expected.sort();
+    assert_eq!(rows, expected, "one row per app");
+    // u2 is a member of g in app1 only.
+    for (e, member) in [(&e1, true), (&e2, false)] {
+        let mut c = Mqtt::connect(b, &e.app, &u2, Via::Tcp).await;
+        c.subscribe_inbox().await;
+        crate::common::send(&mut c, e, &g, json!({"text": "to the group", "channel_type": "group"})).await;
+        let (_, m) = one(&mut c, e).await;
+        match member {
+            true => assert_eq!(m["status"], 150, "{}: delivered", e.app),
+            false => assert_eq!(m["error"]["code"], "not_a_member", "{}: refused", e.app),
+        }
+    }
 }
