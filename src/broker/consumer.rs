@@ -287,7 +287,6 @@ impl Session<'_> {
             routing_key: key.to_owned(),
             body: delivery.data,
         });
-        let dead_letters = topology::dead_letter_key(&engine.config.broker.queue_name);
         self.unconfirmed.publishes += sent.publishes;
         self.unconfirmed.bytes += sent.bytes;
         let acker = delivery.acker;
@@ -320,7 +319,8 @@ impl Session<'_> {
                     // in the dead-letter queue, so it stops no one and is not lost.
                     Ok(Err(Poisoned(why))) => {
                         let source = source.expect("kept while writes are pending");
-                        all_acked &= confirmed(dead_letter(&channel, &dead_letters, &source, &why)).await;
+                        let dead_letters = topology::dead_letter_key(&engine.config.broker.queue_name);
+                        all_acked &= confirmed(dead_letter(&channel, &dead_letters, source, &why)).await;
                         outcome = Outcome::DeadLettered;
                     }
                     Err(_) => all_acked = false,
@@ -430,7 +430,7 @@ fn publish(channel: &Channel, p: Publish) -> lapin::Result<Sending> {
 
 /// An input the store refuses for good, as it came (body unchanged, persistent), with its
 /// routing key and why in headers, onto the dead-letter queue.
-fn dead_letter(channel: &Channel, dead_letters: &str, source: &Source, why: &str) -> Sending {
+fn dead_letter(channel: &Channel, dead_letters: &str, source: Source, why: &str) -> Sending {
     use lapin::types::{AMQPValue, LongString};
     let mut headers = FieldTable::default();
     let text = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()));
@@ -442,7 +442,7 @@ fn dead_letter(channel: &Channel, dead_letters: &str, source: &Source, why: &str
     );
     headers.insert("x-chat21-dead-lettered-at".into(), AMQPValue::LongLongInt(now_ms()));
     let props = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
-    let (ch, key, body) = (channel.clone(), dead_letters.to_owned(), source.body.clone());
+    let (ch, key, body) = (channel.clone(), dead_letters.to_owned(), source.body);
     let fut: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
         ch.basic_publish(
             EXCHANGE.into(),

@@ -107,20 +107,20 @@ impl Input {
         if body.len() <= settings.max_message_bytes {
             return Ok(Self::parse(inbound, body)?);
         }
-        let Inbound::Send { app, sender, recipient } = &inbound else {
-            return Err(RejectReason::TooLarge.into());
-        };
-        let Ok(key) = topics.message_added(app, sender, recipient) else {
-            return Err(RejectReason::TooLarge.into());
-        };
-        let mut notice = Message::from_fields(Default::default());
-        notice.stamp(app, sender, recipient, || uuid::Uuid::new_v4().to_string(), now_ms);
         let why = format!(
             "the message is {} bytes; at most {} are accepted",
             body.len(),
             settings.max_message_bytes
         );
-        Err(Rejection::refuse(key, notice, RejectReason::TooLarge, &why))
+        let empty = Message::from_fields(Default::default());
+        Err(refuse_unplanned(
+            topics,
+            &inbound,
+            empty,
+            now_ms,
+            RejectReason::TooLarge,
+            &why,
+        ))
     }
 
     /// The group this input's handler needs to know about: the recipient of a group message,
@@ -132,6 +132,27 @@ impl Input {
             _ => None,
         }
     }
+}
+
+/// Refuse an input before any plan exists (admission: size, rate limit). A message's sender is
+/// told, with `notice` stamped as the message would have been (ids, time); any other input is
+/// dropped. Planned messages are refused with `policy::refuse_send` instead.
+pub fn refuse_unplanned(
+    topics: &Topics,
+    inbound: &Inbound,
+    mut notice: Message,
+    now_ms: i64,
+    reason: RejectReason,
+    why: &str,
+) -> Rejection {
+    let Inbound::Send { app, sender, recipient } = inbound else {
+        return reason.into();
+    };
+    let Ok(key) = topics.message_added(app, sender, recipient) else {
+        return reason.into();
+    };
+    notice.stamp(app, sender, recipient, || uuid::Uuid::new_v4().to_string(), now_ms);
+    Rejection::refuse(key, notice, reason, why)
 }
 
 /// Decide what one input does. `payload` is the one [`Input::parse`] made for `inbound`.

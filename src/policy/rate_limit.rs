@@ -18,8 +18,8 @@ use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
-use crate::domain::{Message, RejectReason, UserId};
-use crate::handlers::{Input, Payload};
+use crate::domain::{RejectReason, UserId};
+use crate::handlers::{refuse_unplanned, Input, Payload};
 use crate::plan::{Plan, Rejection};
 use crate::topic::{Inbound, Topics};
 
@@ -98,7 +98,7 @@ impl RateLimit {
         if self.trusted.contains(user) {
             return Ok(());
         }
-        if let Inbound::Send { app, sender, recipient } = inbound {
+        if let Inbound::Send { sender, .. } = inbound {
             let Some((limiter, per_minute)) = &self.messages else {
                 return Ok(());
             };
@@ -108,13 +108,15 @@ impl RateLimit {
             let Payload::Message(msg) = &input.payload else {
                 return Err(RejectReason::RateLimited.into());
             };
-            let Ok(key) = self.topics.message_added(app, sender, recipient) else {
-                return Err(RejectReason::RateLimited.into());
-            };
-            let mut notice: Message = msg.clone();
-            notice.stamp(app, sender, recipient, || uuid::Uuid::new_v4().to_string(), now_ms);
             let why = format!("more than {per_minute} messages a minute");
-            return Err(Rejection::refuse(key, notice, RejectReason::RateLimited, &why));
+            return Err(refuse_unplanned(
+                &self.topics,
+                inbound,
+                msg.clone(),
+                now_ms,
+                RejectReason::RateLimited,
+                &why,
+            ));
         }
         match self.commands.get(inbound.kind()) {
             Some(limiter) if limiter.check_key(user).is_err() => Err(RejectReason::RateLimited.into()),
