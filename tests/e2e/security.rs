@@ -64,6 +64,7 @@ async fn mqtt_user_can_use_own_topics_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Wrong key, garbage, expired: refused over every listener, TLS ones included.
 async fn bad_tokens_cannot_log_in() {
     let b = broker();
     let app = fresh("app");
@@ -78,7 +79,7 @@ async fn bad_tokens_cannot_log_in() {
         ("garbage", "not.a.jwt".to_string()),
         ("expired", expired_token(b, &app, &u)),
     ] {
-        for via in [Via::Tcp, Via::Ws] {
+        for via in [Via::Tcp, Via::Ws, Via::Tls, Via::Wss] {
             let r = Mqtt::try_connect(b, &app, &u, &token, via, false).await;
             assert!(r.is_err(), "{what} over {via:?} was accepted");
         }
@@ -335,4 +336,7 @@ async fn mqtt_and_web_mqtt_over_tls() {
     send(&mut c1, &e, &u2, serde_json::json!({"text": "over tls"})).await;
     assert_eq!(one(&mut c2, &e).await.1["text"], "over tls");
     assert_eq!(one(&mut c1, &e).await.1["status"], 100);
+    // The same confinement over TLS: another user's inbox is refused.
+    let mut c = Mqtt::connect(b, &e.app, &u1, Via::Wss).await;
+    assert!(c.subscribe(&format!("apps/{}/users/{u2}/#", e.app)).await.is_err());
 }
