@@ -63,8 +63,8 @@ async fn mqtt_user_can_use_own_topics_only() {
     assert!(forged.is_empty(), "forged publishes were routed: {forged:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 /// Wrong key, garbage, expired: refused over every listener, TLS ones included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tokens_cannot_log_in() {
     let b = broker();
     let app = fresh("app");
