@@ -64,13 +64,30 @@ impl Minter {
     /// A user token for `user` in `app`, valid for `ttl`, with the scopes `topics` (the
     /// configured layout) gives a client: its own inputs and its own inbox, nothing else.
     pub fn user_token(&self, topics: &Topics, app: &AppId, user: &UserId, ttl: Duration) -> Result<String, JwtError> {
+        self.token_for(topics, app, user, "user", ttl)
+    }
+
+    /// An admin token for `user`: a user token (the same broker scopes) whose
+    /// `tiledesk_api_roles` is `admin`, which the HTTP API lets act for any user of the app.
+    pub fn admin_token(&self, topics: &Topics, app: &AppId, user: &UserId, ttl: Duration) -> Result<String, JwtError> {
+        self.token_for(topics, app, user, "admin", ttl)
+    }
+
+    fn token_for(
+        &self,
+        topics: &Topics,
+        app: &AppId,
+        user: &UserId,
+        role: &str,
+        ttl: Duration,
+    ) -> Result<String, JwtError> {
         if let Some(only) = topics.only_app() {
             if only != app {
                 return Err(JwtError::OtherApp(app.to_string(), only.to_string()));
             }
         }
         let scopes = user_scopes(&topics.user_topics(app, user));
-        let claims = self.claims(user, app, scopes, "user", ttl);
+        let claims = self.claims(user, app, scopes, role, ttl);
         self.sign(&claims)
     }
 
@@ -109,9 +126,15 @@ impl Minter {
 
     /// Verify a token (HS256 only, expiry checked, audience must include the resource server).
     pub fn verify(&self, token: &str) -> Result<Claims, JwtError> {
+        self.verify_claims(token)
+    }
+
+    /// Verify a token as [`Minter::verify`] does, reading the claims the caller needs (the
+    /// HTTP API reads only a few, so tokens minted elsewhere with the same secret work).
+    pub fn verify_claims<T: serde::de::DeserializeOwned>(&self, token: &str) -> Result<T, JwtError> {
         let mut v = Validation::new(Algorithm::HS256);
         v.set_audience(&[RESOURCE_SERVER_ID]);
-        Ok(decode::<Claims>(token, &DecodingKey::from_secret(&self.secret), &v)?.claims)
+        Ok(decode::<T>(token, &DecodingKey::from_secret(&self.secret), &v)?.claims)
     }
 }
 

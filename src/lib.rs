@@ -39,6 +39,11 @@ pub struct Engine {
     pub pipeline: Pipeline,
     pub metrics: Arc<Metrics>,
     pub events: events::Events,
+    /// Inputs the HTTP API submits through the broker (see `broker::submit`).
+    pub submitter: broker::Submitter,
+    /// The store, once it answered (the HTTP server starts before, so the ops endpoints
+    /// answer while the engine waits for it); the HTTP API reads from it.
+    pub store: std::sync::OnceLock<store::Store>,
 }
 
 impl Engine {
@@ -105,6 +110,8 @@ impl Engine {
             pipeline,
             metrics,
             events,
+            submitter: broker::Submitter::default(),
+            store: std::sync::OnceLock::new(),
         }))
     }
 
@@ -160,18 +167,16 @@ async fn housekeeping(engine: Arc<Engine>, shutdown: CancellationToken) {
 /// Run the engine until `shutdown` is cancelled; returns once in-flight inputs are settled
 /// and the broker connection is closed.
 pub async fn run(engine: Arc<Engine>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let http_cfg = &engine.config.http;
-    let http = if http_cfg.port != 0 {
-        let listener = tokio::net::TcpListener::bind((http_cfg.host.as_str(), http_cfg.port))
-            .await
-            .map_err(|e| anyhow::anyhow!("HTTP_PORT {}: {e}", http_cfg.port))?;
-        tracing::info!(addr = %listener.local_addr()?, "HTTP ops endpoints listening");
-        Some(tokio::spawn(http::serve(listener, engine.clone(), shutdown.clone())))
-    } else {
-        None
-    };
+    let http: Vec<_> = http::bind(&engine)
+        .await?
+        .into_iter()
+        .map(|(listener, app)| tokio::spawn(http::serve(listener, app, shutdown.clone())))
+        .collect();
     tokio::spawn(housekeeping(engine.clone(), shutdown.clone()));
     let store = open_store(&engine, &shutdown).await;
+    if let Some(s) = &store {
+        let _ = engine.store.set(s.clone());
+    }
     if engine.config.store.is_some() && store.is_none() {
         // Shut down before the store ever answered.
         shutdown.cancel();
@@ -185,7 +190,7 @@ pub async fn run(engine: Arc<Engine>, shutdown: CancellationToken) -> anyhow::Re
         s.close().await;
     }
     shutdown.cancel();
-    if let Some(h) = http {
+    for h in http {
         let _ = h.await;
     }
     Ok(())

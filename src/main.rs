@@ -29,6 +29,10 @@ enum Command {
         /// Allow a TRUSTED_SENDERS id (e.g. `system`): its token may post into any group.
         #[arg(long)]
         trusted: bool,
+        /// An admin token (`tiledesk_api_roles: admin`): the HTTP API lets it act for any user
+        /// of the app, manage any group and mint user tokens.
+        #[arg(long)]
+        admin: bool,
     },
     /// Validate the configuration and exit (0 = valid, 2 = invalid).
     CheckConfig,
@@ -57,7 +61,12 @@ fn main() -> ExitCode {
             eprintln!("configuration ok");
             ExitCode::SUCCESS
         }
-        Command::Token { user_id, app, trusted } => match mint(&config, &user_id, app, trusted) {
+        Command::Token {
+            user_id,
+            app,
+            trusted,
+            admin,
+        } => match mint(&config, &user_id, app, trusted, admin) {
             Ok(token) => {
                 println!("{token}");
                 ExitCode::SUCCESS
@@ -75,7 +84,7 @@ fn main() -> ExitCode {
 /// A user token for the configured layout: its scopes are that layout's topics of the user.
 /// A trusted sender's token is a service credential (it may post into groups it is not a
 /// member of, as `system` does), so it is minted only when asked for by name.
-fn mint(config: &Config, user: &str, app: Option<String>, trusted: bool) -> Result<String, String> {
+fn mint(config: &Config, user: &str, app: Option<String>, trusted: bool, admin: bool) -> Result<String, String> {
     if !trusted && config.policy.trusted_senders.iter().any(|t| t == user) {
         return Err(format!(
             "{user:?} is a trusted sender (TRUSTED_SENDERS): its token may post into any group; pass --trusted to mint it"
@@ -86,9 +95,12 @@ fn mint(config: &Config, user: &str, app: Option<String>, trusted: bool) -> Resu
     let user = UserId::parse(user).map_err(|_| format!("user id {user:?} is not a valid id"))?;
     let topics = Topics::from_config(&config.topics).map_err(|e| format!("PATH_PREFIX: {e}"))?;
     let minter = jwt::Minter::from_config(config).map_err(|e| e.to_string())?;
-    minter
-        .user_token(&topics, &app, &user, config.jwt.ttl)
-        .map_err(|e| e.to_string())
+    let token = if admin {
+        minter.admin_token(&topics, &app, &user, config.jwt.ttl)
+    } else {
+        minter.user_token(&topics, &app, &user, config.jwt.ttl)
+    };
+    token.map_err(|e| e.to_string())
 }
 
 fn serve(config: Config) -> ExitCode {

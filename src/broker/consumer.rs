@@ -35,7 +35,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::acks::AckTracker;
 use super::log_budget::LogBudget;
+use super::submit::{self, Settlement};
 use super::{topology, BrokerError, EXCHANGE};
+use crate::domain::RejectReason;
 use crate::metrics::Outcome;
 use crate::pipeline::Delivery;
 use crate::plan::{Publish, Rejection};
@@ -60,6 +62,30 @@ struct Settled {
     /// What the input counts as once acked: processed; rejected (refused with the sender
     /// told, §8, once its notice is confirmed); dead-lettered.
     outcome: Outcome,
+    /// Why it was refused, when it was.
+    refused: Option<RejectReason>,
+    /// Who waits to hear what became of it (an input the HTTP API submitted).
+    reply: Option<Reply>,
+}
+
+/// Where to tell a submitter (see `submit.rs`) what became of its input.
+struct Reply {
+    to: String,
+    ticket: String,
+}
+
+impl Reply {
+    /// The delivery's reply address, only when it is one of this queue's reply keys: a client
+    /// that sets `reply_to` itself over AMQP gets nothing published anywhere.
+    fn of(delivery: &lapin::message::Delivery, queue: &str) -> Option<Reply> {
+        let props = &delivery.properties;
+        let to = props.reply_to().as_ref()?.as_str();
+        let ticket = props.correlation_id().as_ref()?.as_str();
+        submit::is_reply_key(queue, to).then(|| Reply {
+            to: to.to_owned(),
+            ticket: ticket.chars().take(64).collect(),
+        })
+    }
 }
 
 /// What a dead letter is made of: the input as it came.
@@ -112,6 +138,7 @@ pub async fn run_session(
     .await?;
     let publish_ch = conn.create_channel().await?;
     publish_ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    engine.submitter.connect(conn, &cfg.queue_name).await?;
     let opts = BasicConsumeOptions::default();
     let mut consumer = consume_ch
         .basic_consume(
@@ -135,6 +162,7 @@ pub async fn run_session(
         logs: LogBudget::default(),
     };
     let result = session.pump(&mut consumer, &consume_ch, shutdown).await;
+    engine.submitter.disconnect();
     // Whatever is still unacked will never be acked on this channel: the broker requeues it.
     engine.metrics.in_flight_add(-(session.acks.in_flight() as i64));
     result
@@ -219,6 +247,7 @@ impl Session<'_> {
         self.acks.delivered(tag);
         engine.metrics.in_flight_add(1);
         let key = delivery.routing_key.as_str();
+        let reply = Reply::of(&delivery, &engine.config.broker.queue_name);
         let inbound = engine.pipeline.topics().parse(key);
         let kind = inbound.as_ref().map_or("unknown", Inbound::kind);
         let now = now_ms();
@@ -233,6 +262,7 @@ impl Session<'_> {
             },
             Err(rejection) => Err(rejection),
         };
+        let mut refused = None;
         let (publishes, commit, outcome) = match decision {
             Err(Rejection::Drop(reason)) => {
                 // Logged (within the log budget), counted, acked: the inputs behind it keep
@@ -251,6 +281,7 @@ impl Session<'_> {
                 engine.metrics.input(kind, Outcome::Rejected);
                 engine.metrics.in_flight_add(-1);
                 self.acks.settled(tag, delivery.acker);
+                self.tell(reply, Settlement::rejected(reason));
                 return self.flush_acks().await;
             }
             Err(Rejection::Refuse { reason, notice }) => {
@@ -263,6 +294,7 @@ impl Session<'_> {
                     );
                 }
                 engine.metrics.rejected(reason);
+                refused = Some(reason);
                 (vec![*notice], None, Outcome::Rejected)
             }
             Ok(Delivery { plan, changes }) => {
@@ -333,6 +365,8 @@ impl Session<'_> {
                 sent,
                 all_acked,
                 outcome,
+                refused,
+                reply,
             }
         }));
         Ok(())
@@ -360,6 +394,12 @@ impl Session<'_> {
             self.requeue_backoff = None;
             self.engine.metrics.input(s.kind, s.outcome);
             self.acks.settled(s.tag, s.acker);
+            let settlement = match (s.outcome, s.refused) {
+                (Outcome::DeadLettered, _) => Settlement::DeadLettered,
+                (_, Some(reason)) => Settlement::rejected(reason),
+                _ => Settlement::Processed,
+            };
+            self.tell(s.reply, settlement);
         } else {
             // The broker could not take a copy: try the whole input again later (copies that
             // did get through are repeated with the same message_id when the client gave one).
@@ -388,6 +428,20 @@ impl Session<'_> {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Tell a submitter what became of its input: a transient publish, not waited for (a
+    /// reply lost with a broker restart leaves the submitter to its timeout, the input itself
+    /// is settled either way).
+    fn tell(&self, reply: Option<Reply>, settlement: Settlement) {
+        let Some(Reply { to, ticket }) = reply else {
+            return;
+        };
+        let mut p = Publish::json(to, &settlement.reply(&ticket));
+        p.persistent = false;
+        if let Err(e) = publish(self.publish_ch, p) {
+            tracing::warn!(error = %e, "settlement reply not published");
+        }
     }
 
     /// One `basic.ack multiple=true` for everything that may be acked now.

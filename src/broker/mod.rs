@@ -5,10 +5,12 @@ mod acks;
 mod connect;
 mod consumer;
 mod log_budget;
+pub mod submit;
 mod supervisor;
 pub mod topology;
 
 pub use connect::connect;
+pub use submit::{Settlement, SubmitError, Submitter};
 pub use supervisor::supervise;
 
 /// The exchange MQTT clients publish into and receive from.

@@ -132,6 +132,9 @@ pub struct HttpConfig {
     pub host: String,
     /// 0 = disabled.
     pub port: u16,
+    pub max_body_bytes: usize,
+    /// Where the ops endpoints go when not on `port` (OPS_HTTP_PORT ≠ 0).
+    pub ops: Option<(String, u16)>,
 }
 
 #[derive(Debug, Clone)]
@@ -189,6 +192,9 @@ struct Raw {
     presence_enabled: bool,
     http_port: u16,
     http_host: String,
+    http_max_body_bytes: usize,
+    ops_http_port: u16,
+    ops_http_host: String,
     log_level: String,
     log_format: String,
 }
@@ -359,6 +365,14 @@ impl Config {
                 "PRESENCE_ENABLED=true needs a store (DATABASE_URL is off): presence state lives there",
             ));
         }
+        if raw.http_max_body_bytes < 1024 {
+            return Err(bad("HTTP_MAX_BODY_BYTES must be at least 1024"));
+        }
+        if raw.ops_http_port != 0 && raw.ops_http_port == raw.http_port && raw.ops_http_host == raw.http_host {
+            return Err(bad(
+                "OPS_HTTP_PORT must differ from HTTP_PORT (0 serves the ops endpoints on HTTP_PORT)",
+            ));
+        }
         tracing_subscriber::EnvFilter::try_new(&raw.log_level)
             .map_err(|e| bad(format!("LOG_LEVEL {:?}: {e}", raw.log_level)))?;
         Ok(Config {
@@ -399,6 +413,8 @@ impl Config {
             http: HttpConfig {
                 host: raw.http_host,
                 port: raw.http_port,
+                max_body_bytes: raw.http_max_body_bytes,
+                ops: (raw.ops_http_port != 0).then_some((raw.ops_http_host, raw.ops_http_port)),
             },
             log: LogConfig {
                 level: raw.log_level,

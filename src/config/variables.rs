@@ -87,8 +87,11 @@ pub const VARIABLES: &[Variable] = &[
     var("POLICY_FILE", "", "Content rules (.toml or .json): max text size, deny patterns (reject or mask), per-app overrides; reloaded on SIGHUP. See deploy/policy.example.toml"),
     var("PRESENCE_ENABLED", "false", "Consume presence (I5): count each user's connected clients, record online/offline and last seen (needs a store)"),
     // HTTP and logs.
-    var("HTTP_PORT", "8004", "Port of /healthz, /readyz, /metrics (0 = disabled)"),
+    var("HTTP_PORT", "8004", "Port of the HTTP API (/api/…) and, unless OPS_HTTP_PORT is set, of /healthz, /readyz, /metrics (0 = no HTTP server)"),
     var("HTTP_HOST", "0.0.0.0", "Address the HTTP server binds"),
+    var("HTTP_MAX_BODY_BYTES", "262144", "Largest HTTP API request body; a larger one is refused 413"),
+    var("OPS_HTTP_PORT", "0", "Serve /healthz, /readyz, /metrics on this port instead of HTTP_PORT (0 = on HTTP_PORT), e.g. to keep them on an internal address"),
+    var("OPS_HTTP_HOST", "127.0.0.1", "Address the ops server binds when OPS_HTTP_PORT is set"),
     var("LOG_LEVEL", "info", "error, warn, info, debug, trace, or a tracing filter (e.g. info,lapin=warn)"),
     var("LOG_FORMAT", "pretty", "pretty (human) or json (one object a line)"),
 ];

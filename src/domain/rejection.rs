@@ -58,6 +58,11 @@ impl RejectReason {
         RejectReason::TooLarge,
     ];
 
+    /// The reason a code names (the inverse of [`RejectReason::as_str`]).
+    pub fn parse(code: &str) -> Option<RejectReason> {
+        RejectReason::ALL.iter().copied().find(|r| r.as_str() == code)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             RejectReason::BadTopic => "bad_topic",

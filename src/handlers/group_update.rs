@@ -19,7 +19,10 @@ pub(super) fn group_update(
         group: object,
         notify_to,
     } = update;
-    let group = Group::from_object(app, &object, ctx.now_ms)?;
+    // `notification` (what changed, for the members' devices) is told, not kept.
+    let mut kept = object.clone();
+    kept.remove("notification");
+    let group = Group::from_object(app, &kept, ctx.now_ms)?;
     // The app is the topic's (fix D22), whatever `group.appId` says.
     let publishes = notify_to
         .iter()
@@ -52,7 +55,7 @@ mod tests {
     #[test]
     fn stores_and_notifies() {
         let plan = run(
-            r#"{"group":{"uid":"g1","appId":"other","name":"N","members":{"A":1,"B":1}},"notify_to":{"A":1,"C":1}}"#,
+            r#"{"group":{"uid":"g1","appId":"other","name":"N","members":{"A":1,"B":1},"notification":{"messagelabel":{"key":"MEMBER_JOINED_GROUP"}}},"notify_to":{"A":1,"C":1}}"#,
         )
         .unwrap();
         let keys: Vec<&str> = plan.publishes.iter().map(|p| p.key.as_str()).collect();
@@ -65,11 +68,13 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_slice(plan.publishes[0].bytes()).unwrap();
         assert_eq!(v["name"], "N");
+        assert_eq!(v["notification"]["messagelabel"]["key"], "MEMBER_JOINED_GROUP", "told");
         let [Write::Group(g)] = plan.writes.as_slice() else {
             panic!()
         };
         assert_eq!((g.uid.as_str(), g.app_id.as_str()), ("g1", "tilechat"));
         assert_eq!(g.members, vec!["A", "B"]);
+        assert!(!g.object.contains_key("notification"), "not kept");
     }
 
     #[test]

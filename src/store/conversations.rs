@@ -157,6 +157,51 @@ pub(super) async fn list(
     rows.iter().map(conversation).collect()
 }
 
+/// A page of `app`'s conversations of a timeline, active or archived, newest first by the
+/// engine's receive time: at most `limit` received before `before` (epoch ms), each with its
+/// receive time (the next page's cursor). An index range scan (`conversations_by_received`).
+pub(super) async fn page(
+    pool: &sqlx::AnyPool,
+    app: &AppId,
+    timeline_of: &UserId,
+    archived: bool,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<(Conversation, i64)>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS}, received_at FROM conversations WHERE app_id = $1 AND timeline_of = $2 AND archived = $3 \
+         AND received_at < $4 ORDER BY received_at DESC LIMIT $5"
+    ))
+    .bind(app.as_str())
+    .bind(timeline_of.as_str())
+    .bind(archived)
+    .bind(before.unwrap_or(i64::MAX))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((conversation(r)?, r.try_get::<i64, _>("received_at")?)))
+        .collect()
+}
+
+/// `app`'s conversation of a timeline with `convers_with`, if it exists.
+pub(super) async fn one_of_app(
+    pool: &sqlx::AnyPool,
+    app: &AppId,
+    timeline_of: &UserId,
+    convers_with: &UserId,
+) -> Result<Option<Conversation>, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM conversations WHERE app_id = $1 AND timeline_of = $2 AND convers_with = $3"
+    ))
+    .bind(app.as_str())
+    .bind(timeline_of.as_str())
+    .bind(convers_with.as_str())
+    .fetch_optional(pool)
+    .await?;
+    row.as_ref().map(conversation).transpose()
+}
+
 /// One conversation of a timeline, archived or not.
 pub(super) async fn one(
     pool: &sqlx::AnyPool,

@@ -146,6 +146,56 @@ pub(super) async fn page(
     rows.iter().map(message_row).collect()
 }
 
+/// Where a page of history starts: strictly before this point in the order pages are read,
+/// newest first by (timestamp, message_id) — a total order, so walking the pages returns
+/// every message once, even with several in one millisecond and new ones arriving meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub timestamp: i64,
+    /// None: everything of `timestamp` is excluded (a bare timestamp cursor).
+    pub message_id: Option<String>,
+}
+
+impl Cursor {
+    /// The cursor of the page after one that ended with `m`.
+    pub fn after(m: &StoredMessage) -> Cursor {
+        Cursor {
+            timestamp: m.timestamp,
+            message_id: Some(m.message_id.clone()),
+        }
+    }
+}
+
+/// A page of `app`'s conversation history, newest first: at most `limit` messages before
+/// `cursor` (from the newest without one). An index range scan (`messages_history`).
+pub(super) async fn history(
+    pool: &sqlx::AnyPool,
+    app: &AppId,
+    timeline_of: &UserId,
+    convers_with: &UserId,
+    cursor: Option<&Cursor>,
+    limit: i64,
+) -> Result<Vec<StoredMessage>, StoreError> {
+    const FIRST: &str = "SELECT timeline_of, convers_with, message_id, status, timestamp, body FROM messages \
+         WHERE app_id = $1 AND timeline_of = $2 AND convers_with = $3 \
+         ORDER BY timestamp DESC, message_id DESC LIMIT $4";
+    // An empty id sorts before every id: a bare timestamp cursor excludes all of it.
+    const NEXT: &str = "SELECT timeline_of, convers_with, message_id, status, timestamp, body FROM messages \
+         WHERE app_id = $1 AND timeline_of = $2 AND convers_with = $3 AND (timestamp, message_id) < ($4, $5) \
+         ORDER BY timestamp DESC, message_id DESC LIMIT $6";
+    let q = sqlx::query(if cursor.is_some() { NEXT } else { FIRST });
+    let q = q
+        .bind(app.as_str())
+        .bind(timeline_of.as_str())
+        .bind(convers_with.as_str());
+    let q = match cursor {
+        None => q,
+        Some(c) => q.bind(c.timestamp).bind(c.message_id.clone().unwrap_or_default()),
+    };
+    let rows = q.bind(limit).fetch_all(pool).await?;
+    rows.iter().map(message_row).collect()
+}
+
 /// One stored message, if it exists.
 pub(super) async fn one(
     pool: &sqlx::AnyPool,

@@ -13,6 +13,7 @@ mod batch;
 mod blocks;
 mod conversations;
 mod groups;
+mod instances;
 mod messages;
 mod presence;
 mod sql;
@@ -25,7 +26,7 @@ use std::ops::Range;
 use std::time::Duration;
 
 pub use batch::WriteIndex;
-pub use messages::StoredMessage;
+pub use messages::{Cursor, StoredMessage};
 pub use presence::StoredPresence;
 pub use sql::Dialect;
 
@@ -246,6 +247,62 @@ impl Store {
     /// Who `user` blocked, oldest first, with when (epoch ms).
     pub async fn blocked_by(&self, app: &AppId, user: &UserId) -> Result<Vec<(UserId, i64)>, StoreError> {
         blocks::of_user(&self.pool, app, user).await
+    }
+
+    /// A page of `app`'s history of a conversation, newest first (see [`Cursor`]).
+    pub async fn history(
+        &self,
+        app: &AppId,
+        timeline_of: &UserId,
+        convers_with: &UserId,
+        cursor: Option<&Cursor>,
+        limit: i64,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        messages::history(&self.pool, app, timeline_of, convers_with, cursor, limit).await
+    }
+
+    /// A page of `app`'s conversations of a timeline, newest first by receive time, each with
+    /// that time (the cursor of the next page: `before`).
+    pub async fn conversation_page(
+        &self,
+        app: &AppId,
+        timeline_of: &UserId,
+        archived: bool,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<(Conversation, i64)>, StoreError> {
+        conversations::page(&self.pool, app, timeline_of, archived, before, limit).await
+    }
+
+    /// `app`'s conversation of `timeline_of` with `convers_with`, archived or not.
+    pub async fn conversation_of(
+        &self,
+        app: &AppId,
+        timeline_of: &UserId,
+        convers_with: &UserId,
+    ) -> Result<Option<Conversation>, StoreError> {
+        conversations::one_of_app(&self.pool, app, timeline_of, convers_with).await
+    }
+
+    /// Register (or refresh) a device of `user`.
+    pub async fn save_instance(
+        &self,
+        app: &AppId,
+        user: &UserId,
+        instance_id: &str,
+        info: &serde_json::Map<String, serde_json::Value>,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        instances::save(&self.pool, app, user, instance_id, info, at_ms).await
+    }
+
+    /// A user's registered devices, by instance id.
+    pub async fn instances(
+        &self,
+        app: &AppId,
+        user: &UserId,
+    ) -> Result<Vec<(String, serde_json::Map<String, serde_json::Value>)>, StoreError> {
+        instances::of_user(&self.pool, app, user).await
     }
 
     /// A user's presence, if it was ever recorded.
@@ -481,6 +538,47 @@ mod tests {
             (Some("other"), false, false)
         );
         assert!(store.conversation("A", "Z").await.unwrap().is_none());
+    }
+
+    /// Pages in a total order: messages of one millisecond are neither repeated nor skipped at
+    /// a page boundary, and a bare timestamp cursor excludes that whole millisecond.
+    #[tokio::test]
+    async fn history_pages_walk_ties_once() {
+        let (_dir, store) = temp_store().await;
+        let mut want = Vec::new();
+        for i in 0..20 {
+            let ts = if i < 15 { 1000 } else { 2000 + i };
+            let id = format!("m{:02}", (i * 7) % 20);
+            apply(&store, &stored(&copy("A", "B", &id, ts, "t", true))).await;
+            want.push(id);
+        }
+        let (app, a, b) = (AppId::from("a"), UserId::from("A"), UserId::from("B"));
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = store.history(&app, &a, &b, cursor.as_ref(), 3).await.unwrap();
+            if page.is_empty() {
+                break;
+            }
+            cursor = page.last().map(Cursor::after);
+            seen.extend(page.into_iter().map(|m| m.message_id));
+        }
+        assert_eq!(seen.len(), 20, "{seen:?}");
+        let unique: HashSet<&String> = seen.iter().collect();
+        assert_eq!(unique.len(), 20);
+        let bare = Cursor {
+            timestamp: 1000,
+            message_id: None,
+        };
+        assert!(store.history(&app, &a, &b, Some(&bare), 10).await.unwrap().is_empty());
+        assert!(
+            store
+                .history(&"other".into(), &a, &b, None, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "by app"
+        );
     }
 
     /// Rows a person or another program broke are errors, never defaults.

@@ -28,7 +28,10 @@ pub enum Db {
 /// What a test knows of a running engine, however it runs.
 pub struct Running {
     pub database_url: String,
+    /// The API's port (HTTP_PORT).
     pub http_port: u16,
+    /// Where /readyz and /metrics answer: OPS_HTTP_PORT when set, else HTTP_PORT.
+    pub ops_port: u16,
     pub app: String,
     pub queue: String,
     /// The engine's whole environment: what `chat21-engine token` is run with.
@@ -39,7 +42,7 @@ impl Running {
     pub async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok((200, _)) = http_get(self.http_port, "/readyz").await {
+            if let Ok((200, _)) = http_get(self.ops_port, "/readyz").await {
                 return;
             }
             assert!(Instant::now() < deadline, "engine not ready in 30 s");
@@ -48,7 +51,7 @@ impl Running {
     }
 
     pub async fn metrics(&self) -> String {
-        http_get(self.http_port, "/metrics").await.expect("metrics").1
+        http_get(self.ops_port, "/metrics").await.expect("metrics").1
     }
 
     /// Value of one metric line (exact series text before the value).
@@ -116,9 +119,15 @@ fn test_env(broker: &Broker, extra: &[(&str, &str)]) -> Vec<(String, String)> {
 
 fn running(env: &[(String, String)]) -> Running {
     let get = |name: &str| env.iter().find(|(k, _)| k == name).unwrap().1.clone();
+    let http_port = get("HTTP_PORT").parse().unwrap();
+    let ops_port = env
+        .iter()
+        .find(|(k, _)| k == "OPS_HTTP_PORT")
+        .map_or(http_port, |(_, v)| v.parse().unwrap());
     Running {
         database_url: get("DATABASE_URL"),
-        http_port: get("HTTP_PORT").parse().unwrap(),
+        http_port,
+        ops_port,
         app: get("APP_ID"),
         queue: get("QUEUE_NAME"),
         env: env.to_vec(),
@@ -236,7 +245,7 @@ impl EngineProc {
     pub async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Ok((200, _)) = http_get(self.http_port, "/readyz").await {
+            if let Ok((200, _)) = http_get(self.ops_port, "/readyz").await {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -9,6 +9,8 @@ mod direct;
 mod engine_kill;
 mod groups;
 mod hostile;
+mod http_api;
+mod http_groups;
 mod persistence;
 mod policies;
 mod security;
