@@ -13,5 +13,6 @@ mod http_api;
 mod http_groups;
 mod persistence;
 mod policies;
+mod real_client;
 mod security;
 mod seed;

@@ -112,13 +112,13 @@ impl FromRequestParts<Api> for Token {
 /// `jwt` query parameter.
 fn bearer(parts: &Parts) -> Option<String> {
     if let Some(h) = parts.headers.get(axum::http::header::AUTHORIZATION) {
-        let h = h.to_str().ok()?.trim();
-        let token = ["Bearer ", "bearer ", "JWT ", "jwt "]
-            .iter()
-            .find_map(|p| h.strip_prefix(p))
-            .unwrap_or(h)
-            .trim();
-        return (!token.is_empty()).then(|| token.to_owned());
+        let words: Vec<&str> = h.to_str().ok()?.split_whitespace().collect();
+        let scheme = |w: &str| w.eq_ignore_ascii_case("bearer") || w.eq_ignore_ascii_case("jwt");
+        return match words.as_slice() {
+            [token] if !scheme(token) => Some((*token).to_owned()),
+            [s, token] if scheme(s) => Some((*token).to_owned()),
+            _ => None,
+        };
     }
     let query = parts.uri.query()?;
     url_query(query, "jwt")
