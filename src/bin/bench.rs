@@ -12,24 +12,18 @@
 //! Build everything, then run:  cargo build --release --bins && target/release/bench
 
 use clap::Parser;
-use futures::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{BasicPublishOptions, QueueDeleteOptions};
 use lapin::{BasicProperties, Channel, Connection};
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chat21_engine::topic::Topics;
 
 #[path = "bench/common.rs"]
 mod common;
-use common::{cpu_seconds, median, peak_rss_mb, percentile, PrivateNode};
+use common::{cpu_seconds, median, peak_rss_mb, percentile, PrivateNode, Sink};
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "chat21-engine vs minimal relay: throughput, latency, CPU, memory")]
@@ -247,7 +241,13 @@ async fn run_round(
     // The subject's queue and bindings exist before it starts, so the burst waits in it.
     chat21_engine::broker::topology::declare(&ch, &queue, &topics.bindings(), &[]).await?;
     let epoch = Instant::now();
-    let sink = Sink::start(conn, &app, args, epoch).await?;
+    let keys: Vec<String> = match args.group_size {
+        0 => (0..args.recipients)
+            .map(|r| format!("apps.{app}.users.r{r}.messages.*.clientadded"))
+            .collect(),
+        _ => vec![format!("apps.{app}.users.*.messages.{GROUP}.clientadded")],
+    };
+    let sink = Sink::start(conn, &format!("bench.sink.{app}"), &keys, epoch).await?;
     // Copies per message the sink counts: the recipient's, or every member's + the timeline.
     let fanout = if args.group_size > 0 {
         args.group_size as u64 + 1
@@ -413,112 +413,6 @@ async fn publish_paced(
     }
     ch.wait_for_confirms().await?;
     Ok(())
-}
-
-/// Counts recipient copies (and their latency) on a queue bound to every recipient's inbox.
-struct Sink {
-    count: Arc<AtomicU64>,
-    first_last: Arc<Mutex<(Option<Instant>, Option<Instant>)>>,
-    latencies: Arc<Mutex<Vec<f64>>>,
-    _task: tokio::task::JoinHandle<()>,
-}
-
-impl Sink {
-    /// `epoch`: the instant `sent_ns` in message bodies is measured from.
-    async fn start(
-        conn: &Connection,
-        app: &str,
-        args: &Args,
-        epoch: Instant,
-    ) -> Result<Sink, Box<dyn std::error::Error>> {
-        let ch = conn.create_channel().await?;
-        let q = format!("bench.sink.{app}");
-        let opts = QueueDeclareOptions {
-            exclusive: true,
-            auto_delete: true,
-            ..Default::default()
-        };
-        ch.queue_declare(q.as_str().into(), opts, FieldTable::default()).await?;
-        let keys: Vec<String> = match args.group_size {
-            0 => (0..args.recipients)
-                .map(|r| format!("apps.{app}.users.r{r}.messages.*.clientadded"))
-                .collect(),
-            _ => vec![format!("apps.{app}.users.*.messages.{GROUP}.clientadded")],
-        };
-        for key in keys {
-            ch.queue_bind(
-                q.as_str().into(),
-                "amq.topic".into(),
-                key.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        }
-        let mut consumer = ch
-            .basic_consume(
-                q.as_str().into(),
-                "sink".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let count = Arc::new(AtomicU64::new(0));
-        let first_last = Arc::new(Mutex::new((None, None)));
-        let latencies = Arc::new(Mutex::new(Vec::new()));
-        let (c, fl, lat) = (count.clone(), first_last.clone(), latencies.clone());
-        let task = tokio::spawn(async move {
-            let _ch = ch; // keep the channel open as long as the consumer runs
-            while let Some(Ok(d)) = consumer.next().await {
-                let now = Instant::now();
-                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&d.data) {
-                    if let Some(sent) = v["sent_ns"].as_u64() {
-                        let recv = now.duration_since(epoch).as_nanos() as u64;
-                        lat.lock().unwrap().push(recv.saturating_sub(sent) as f64 / 1e6);
-                    }
-                }
-                let mut g = fl.lock().unwrap();
-                g.0.get_or_insert(now);
-                g.1 = Some(now);
-                c.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-        Ok(Sink {
-            count,
-            first_last,
-            latencies,
-            _task: task,
-        })
-    }
-
-    fn reset(&self) {
-        self.count.store(0, Ordering::Relaxed);
-        *self.first_last.lock().unwrap() = (None, None);
-        self.latencies.lock().unwrap().clear();
-    }
-
-    async fn wait_for(&self, n: u64, limit: Duration) -> Result<(Instant, Instant), Box<dyn std::error::Error>> {
-        let deadline = Instant::now() + limit;
-        while self.count.load(Ordering::Relaxed) < n {
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "only {} of {n} recipient copies arrived",
-                    self.count.load(Ordering::Relaxed)
-                )
-                .into());
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        let g = self.first_last.lock().unwrap();
-        Ok((g.0.unwrap(), g.1.unwrap()))
-    }
-
-    fn latencies_ms(&self) -> Vec<f64> {
-        self.latencies.lock().unwrap().clone()
-    }
 }
 
 #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them

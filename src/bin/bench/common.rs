@@ -2,8 +2,15 @@
 //! CPU time and peak RSS from /proc. (Each benchmark uses part of it.)
 #![allow(dead_code)]
 
+use futures::StreamExt;
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::Connection;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -116,5 +123,105 @@ mod tempfile_dir {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
         }
+    }
+}
+
+/// Counts recipient copies (and their latency) on a queue bound to every recipient's inbox.
+pub struct Sink {
+    count: Arc<AtomicU64>,
+    first_last: Arc<Mutex<(Option<Instant>, Option<Instant>)>>,
+    latencies: Arc<Mutex<Vec<f64>>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Sink {
+    /// `epoch`: the instant `sent_ns` in message bodies is measured from.
+    /// A sink queue `q` bound on `amq.topic` with `keys`.
+    pub async fn start(
+        conn: &Connection,
+        q: &str,
+        keys: &[String],
+        epoch: Instant,
+    ) -> Result<Sink, Box<dyn std::error::Error>> {
+        let ch = conn.create_channel().await?;
+        let opts = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        };
+        ch.queue_declare(q.into(), opts, FieldTable::default()).await?;
+        for key in keys {
+            ch.queue_bind(
+                q.into(),
+                "amq.topic".into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        }
+        let mut consumer = ch
+            .basic_consume(
+                q.into(),
+                "sink".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let count = Arc::new(AtomicU64::new(0));
+        let first_last = Arc::new(Mutex::new((None, None)));
+        let latencies = Arc::new(Mutex::new(Vec::new()));
+        let (c, fl, lat) = (count.clone(), first_last.clone(), latencies.clone());
+        let task = tokio::spawn(async move {
+            let _ch = ch; // keep the channel open as long as the consumer runs
+            while let Some(Ok(d)) = consumer.next().await {
+                let now = Instant::now();
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&d.data) {
+                    if let Some(sent) = v["sent_ns"].as_u64() {
+                        let recv = now.duration_since(epoch).as_nanos() as u64;
+                        lat.lock().unwrap().push(recv.saturating_sub(sent) as f64 / 1e6);
+                    }
+                }
+                let mut g = fl.lock().unwrap();
+                g.0.get_or_insert(now);
+                g.1 = Some(now);
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Ok(Sink {
+            count,
+            first_last,
+            latencies,
+            _task: task,
+        })
+    }
+
+    pub fn reset(&self) {
+        self.count.store(0, Ordering::Relaxed);
+        *self.first_last.lock().unwrap() = (None, None);
+        self.latencies.lock().unwrap().clear();
+    }
+
+    pub async fn wait_for(&self, n: u64, limit: Duration) -> Result<(Instant, Instant), Box<dyn std::error::Error>> {
+        let deadline = Instant::now() + limit;
+        while self.count.load(Ordering::Relaxed) < n {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "only {} of {n} recipient copies arrived",
+                    self.count.load(Ordering::Relaxed)
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let g = self.first_last.lock().unwrap();
+        Ok((g.0.unwrap(), g.1.unwrap()))
+    }
+
+    pub fn latencies_ms(&self) -> Vec<f64> {
+        self.latencies.lock().unwrap().clone()
     }
 }
