@@ -6,6 +6,10 @@
 CREATE INDEX IF NOT EXISTS messages_history ON messages (app_id, timeline_of, convers_with, timestamp, message_id);
 DROP INDEX IF EXISTS messages_by_conversation;
 
+-- Conversation lists page the same way, by (received_at, convers_with).
+CREATE INDEX IF NOT EXISTS conversations_page ON conversations (app_id, timeline_of, archived, received_at, convers_with);
+DROP INDEX IF EXISTS conversations_by_received;
+
 -- Device instances a user's apps register (POST /api/{app}/{me}/instances/{instance_id}):
 -- kept per user, for push notifications.
 CREATE TABLE IF NOT EXISTS instances (

@@ -174,8 +174,17 @@ pub async fn run(engine: Arc<Engine>, shutdown: CancellationToken) -> anyhow::Re
         .collect();
     tokio::spawn(housekeeping(engine.clone(), shutdown.clone()));
     let store = open_store(&engine, &shutdown).await;
-    if let Some(s) = &store {
-        let _ = engine.store.set(s.clone());
+    if let (Some(backend), Some(shared)) = (&engine.config.store, &store) {
+        // The API reads through a pool of its own, so a burst of history reads never takes
+        // the connections the pipeline's lookups and the group commit need.
+        let for_api = match store::Store::open(backend).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "no separate store pool for the HTTP API; it shares the engine's");
+                shared.clone()
+            }
+        };
+        let _ = engine.store.set(for_api);
     }
     if engine.config.store.is_some() && store.is_none() {
         // Shut down before the store ever answered.
@@ -187,6 +196,9 @@ pub async fn run(engine: Arc<Engine>, shutdown: CancellationToken) -> anyhow::Re
         broker::supervise(engine.clone(), store.clone(), writer, shutdown.clone()).await;
     }
     if let Some(s) = store {
+        s.close().await;
+    }
+    if let Some(s) = engine.store.get() {
         s.close().await;
     }
     shutdown.cancel();

@@ -138,16 +138,29 @@ pub async fn run_session(
     .await?;
     let publish_ch = conn.create_channel().await?;
     publish_ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    engine.submitter.connect(conn, &cfg.queue_name).await?;
+    // The HTTP API's way to submit inputs: without it the API answers 503, and everything
+    // else goes on (a broker user without the reply-queue permissions still consumes).
+    if engine.config.http.port != 0 {
+        if let Err(e) = engine.submitter.connect(conn, &cfg.queue_name).await {
+            tracing::error!(error = %e, "the HTTP API cannot submit inputs (its reply queue was refused); check the engine user's permissions");
+        }
+    }
     let opts = BasicConsumeOptions::default();
-    let mut consumer = consume_ch
+    let consumer = consume_ch
         .basic_consume(
             cfg.queue_name.as_str().into(),
             CONSUMER_TAG.into(),
             opts,
             FieldTable::default(),
         )
-        .await?;
+        .await;
+    let mut consumer = match consumer {
+        Ok(c) => c,
+        Err(e) => {
+            engine.submitter.disconnect();
+            return Err(e.into());
+        }
+    };
     engine.metrics.set_broker_connected(true);
 
     let mut session = Session {

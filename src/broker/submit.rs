@@ -66,6 +66,8 @@ pub enum SubmitError {
     NotTaken,
     #[error("the input was not settled within {0:?}; it stays queued and will be processed")]
     NotSettled(Duration),
+    #[error("the ids make a routing key longer than 255 bytes")]
+    KeyTooLong,
     #[error("amqp: {0}")]
     Amqp(#[from] lapin::Error),
 }
@@ -106,6 +108,10 @@ impl Submitter {
     /// Publish inputs in this order (the queue keeps it) and wait until an engine settled
     /// every one; their settlements, in the same order.
     pub async fn submit_all(&self, inputs: Vec<(String, Vec<u8>)>) -> Result<Vec<Settlement>, SubmitError> {
+        // The broker's limit (and the AMQP library's, which would not take a longer key).
+        if inputs.iter().any(|(key, _)| key.len() > 255) {
+            return Err(SubmitError::KeyTooLong);
+        }
         let link = self.link.lock().expect("submitter lock").clone();
         let link = link.ok_or(SubmitError::NotConnected)?;
         // Waiters are removed however this ends: answered, failed, timed out, or dropped (the

@@ -327,8 +327,10 @@ impl Config {
         if raw.max_in_flight_bytes < raw.max_fanout_bytes {
             return Err(bad("MAX_IN_FLIGHT_BYTES must be at least MAX_FANOUT_BYTES"));
         }
-        if raw.queue_name.is_empty() || raw.queue_name.len() > 255 || raw.queue_name.starts_with("amq.") {
-            return Err(bad("QUEUE_NAME must be 1..255 bytes and not start with amq."));
+        // 200: room for the queues named after it (`.dead-letter`, `.reply.<uuid>`) within the
+        // broker's 255.
+        if raw.queue_name.is_empty() || raw.queue_name.len() > 200 || raw.queue_name.starts_with("amq.") {
+            return Err(bad("QUEUE_NAME must be 1..200 bytes and not start with amq."));
         }
         let trusted_senders: Vec<String> = raw
             .trusted_senders

@@ -77,7 +77,7 @@ pub const VARIABLES: &[Variable] = &[
     url("DATABASE_URL", "sqlite://./data/chat21.db", "Store: sqlite://PATH (embedded, created on first run), postgres://USER:PASS@HOST/DB, or off"),
     // Groups and policies.
     var("TRUSTED_SENDERS", "system", "Comma-separated user ids that may write to stored groups they are not members of, and skip the rate limit"),
-    var("MAX_INLINE_GROUP_MEMBERS", "100", "Most members of an inline (volatile) group in a message's `group.members`; more is rejected too_many_members"),
+    var("MAX_INLINE_GROUP_MEMBERS", "100", "Most members of an inline (volatile) group in a message's `group.members` (more is rejected too_many_members), and of a group a user (not an admin) creates or sets over the HTTP API"),
     var("GROUP_CACHE_SIZE", "1000000", "Group cache bound, in member slots (a group weighs 1 + its member count)"),
     var("BLOCK_CACHE_SIZE", "1000000", "Block-list cache bound, in entries (a user weighs 1 + the number of users they blocked)"),
     var("CACHE_TTL", "5m", "How long a cached group or block list (or its absence) is trusted; bounds staleness across engine replicas"),

@@ -142,6 +142,14 @@ impl Chain {
         }
     }
 
+    /// What messages sent on `user`'s behalf cost its budget (see [`RateLimit::charge`]).
+    pub fn charge(&self, user: &crate::domain::UserId, messages: usize, copies: usize) -> Result<(), RejectReason> {
+        match &self.rate_limit {
+            Some(r) => r.charge(user, messages, copies),
+            None => Ok(()),
+        }
+    }
+
     pub fn run(&self, input: &Inbound, mut plan: Plan, facts: &Facts) -> Verdict {
         for stage in &self.stages {
             plan = stage.apply(input, plan, facts)?;

@@ -156,6 +156,25 @@ impl RateLimit {
         }
     }
 
+    /// Charge `user`'s message budget for `messages` messages of `copies` copies each, sent on
+    /// its behalf by someone exempt (the system messages and replays an HTTP group change
+    /// makes): the same weight as if `user` had sent them, at most a whole bucket per call.
+    /// `RateLimited` when the budget does not cover it (nothing is taken then).
+    pub fn charge(&self, user: &UserId, messages: usize, copies: usize) -> Result<(), RejectReason> {
+        let Some((limiter, _)) = &self.messages else {
+            return Ok(());
+        };
+        if messages == 0 || self.trusted.contains(user) {
+            return Ok(());
+        }
+        let each = 1 + copies.saturating_sub(2).div_ceil(COPIES_PER_MESSAGE);
+        let cost = messages.saturating_mul(each).min(self.burst.get() as usize) as u32;
+        match limiter.check_key_n(user, NonZeroU32::new(cost).unwrap_or(NonZeroU32::MIN)) {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(RejectReason::RateLimited),
+        }
+    }
+
     pub fn forget_idle(&self) {
         let limiters = self.messages.iter().map(|(l, _)| l).chain(self.commands.values());
         for limiter in limiters {

@@ -6,7 +6,7 @@ use sqlx::Row;
 
 use super::batch::WriteIndex;
 use super::sql::{bind_copy, get_bool, json, json_object, placeholders, Dialect, Tx};
-use super::StoreError;
+use super::{Cursor, StoreError};
 use crate::domain::{AppId, Conversation, Message, UserId};
 use crate::plan::TimelineCopy;
 
@@ -158,27 +158,40 @@ pub(super) async fn list(
 }
 
 /// A page of `app`'s conversations of a timeline, active or archived, newest first by the
-/// engine's receive time: at most `limit` received before `before` (epoch ms), each with its
-/// receive time (the next page's cursor). An index range scan (`conversations_by_received`).
+/// engine's receive time, then partner id (a total order: see [`Cursor`]): at most `limit`
+/// before `before`, each with its receive time. An index range scan
+/// (`conversations_page`).
 pub(super) async fn page(
     pool: &sqlx::AnyPool,
     app: &AppId,
     timeline_of: &UserId,
     archived: bool,
-    before: Option<i64>,
+    before: Option<&Cursor>,
     limit: i64,
 ) -> Result<Vec<(Conversation, i64)>, StoreError> {
-    let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS}, received_at FROM conversations WHERE app_id = $1 AND timeline_of = $2 AND archived = $3 \
-         AND received_at < $4 ORDER BY received_at DESC LIMIT $5"
-    ))
-    .bind(app.as_str())
-    .bind(timeline_of.as_str())
-    .bind(archived)
-    .bind(before.unwrap_or(i64::MAX))
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
+    let (after, order) = (
+        "AND (received_at, convers_with) < ($4, $5)",
+        "ORDER BY received_at DESC, convers_with DESC",
+    );
+    let sql = match before {
+        None => format!(
+            "SELECT {COLUMNS}, received_at FROM conversations WHERE app_id = $1 AND timeline_of = $2 AND archived = $3 \
+             {order} LIMIT $4"
+        ),
+        Some(_) => format!(
+            "SELECT {COLUMNS}, received_at FROM conversations WHERE app_id = $1 AND timeline_of = $2 AND archived = $3 \
+             {after} {order} LIMIT $6"
+        ),
+    };
+    let q = sqlx::query(&sql)
+        .bind(app.as_str())
+        .bind(timeline_of.as_str())
+        .bind(archived);
+    let q = match before {
+        None => q,
+        Some(c) => q.bind(c.at).bind(c.id.clone().unwrap_or_default()),
+    };
+    let rows = q.bind(limit).fetch_all(pool).await?;
     rows.iter()
         .map(|r| Ok((conversation(r)?, r.try_get::<i64, _>("received_at")?)))
         .collect()

@@ -6,7 +6,7 @@ use sqlx::Row;
 
 use super::batch::WriteIndex;
 use super::sql::{bind_copy, json, json_object, placeholders, Dialect, Tx};
-use super::StoreError;
+use super::{Cursor, StoreError};
 use crate::domain::{status, AppId, Message, MessageId, UserId};
 use crate::plan::{ReceiptNotice, TimelineCopy};
 
@@ -146,26 +146,6 @@ pub(super) async fn page(
     rows.iter().map(message_row).collect()
 }
 
-/// Where a page of history starts: strictly before this point in the order pages are read,
-/// newest first by (timestamp, message_id) — a total order, so walking the pages returns
-/// every message once, even with several in one millisecond and new ones arriving meanwhile.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cursor {
-    pub timestamp: i64,
-    /// None: everything of `timestamp` is excluded (a bare timestamp cursor).
-    pub message_id: Option<String>,
-}
-
-impl Cursor {
-    /// The cursor of the page after one that ended with `m`.
-    pub fn after(m: &StoredMessage) -> Cursor {
-        Cursor {
-            timestamp: m.timestamp,
-            message_id: Some(m.message_id.clone()),
-        }
-    }
-}
-
 /// A page of `app`'s conversation history, newest first: at most `limit` messages before
 /// `cursor` (from the newest without one). An index range scan (`messages_history`).
 pub(super) async fn history(
@@ -190,7 +170,7 @@ pub(super) async fn history(
         .bind(convers_with.as_str());
     let q = match cursor {
         None => q,
-        Some(c) => q.bind(c.timestamp).bind(c.message_id.clone().unwrap_or_default()),
+        Some(c) => q.bind(c.at).bind(c.id.clone().unwrap_or_default()),
     };
     let rows = q.bind(limit).fetch_all(pool).await?;
     rows.iter().map(message_row).collect()

@@ -12,6 +12,7 @@
 mod batch;
 mod blocks;
 mod conversations;
+mod cursor;
 mod groups;
 mod instances;
 mod messages;
@@ -26,7 +27,8 @@ use std::ops::Range;
 use std::time::Duration;
 
 pub use batch::WriteIndex;
-pub use messages::{Cursor, StoredMessage};
+pub use cursor::Cursor;
+pub use messages::StoredMessage;
 pub use presence::StoredPresence;
 pub use sql::Dialect;
 
@@ -261,14 +263,14 @@ impl Store {
         messages::history(&self.pool, app, timeline_of, convers_with, cursor, limit).await
     }
 
-    /// A page of `app`'s conversations of a timeline, newest first by receive time, each with
-    /// that time (the cursor of the next page: `before`).
+    /// A page of `app`'s conversations of a timeline, newest first by (receive time, partner),
+    /// each with its receive time (with the partner, the cursor of the next page).
     pub async fn conversation_page(
         &self,
         app: &AppId,
         timeline_of: &UserId,
         archived: bool,
-        before: Option<i64>,
+        before: Option<&Cursor>,
         limit: i64,
     ) -> Result<Vec<(Conversation, i64)>, StoreError> {
         conversations::page(&self.pool, app, timeline_of, archived, before, limit).await
@@ -566,10 +568,7 @@ mod tests {
         assert_eq!(seen.len(), 20, "{seen:?}");
         let unique: HashSet<&String> = seen.iter().collect();
         assert_eq!(unique.len(), 20);
-        let bare = Cursor {
-            timestamp: 1000,
-            message_id: None,
-        };
+        let bare = Cursor { at: 1000, id: None };
         assert!(store.history(&app, &a, &b, Some(&bare), 10).await.unwrap().is_empty());
         assert!(
             store
@@ -579,6 +578,35 @@ mod tests {
                 .is_empty(),
             "by app"
         );
+    }
+
+    /// Conversation pages in a total order too: partners of one millisecond walked once each.
+    #[tokio::test]
+    async fn conversation_pages_walk_ties_once() {
+        let (_dir, store) = temp_store().await;
+        for i in 0..9 {
+            let mut c = copy("A", &format!("P{i}"), &format!("m{i}"), 0, "t", true);
+            c.received_ms = if i < 6 { 500 } else { 900 + i };
+            apply(&store, &stored(&c)).await;
+        }
+        let (app, a) = (AppId::from("a"), UserId::from("A"));
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = store
+                .conversation_page(&app, &a, false, cursor.as_ref(), 2)
+                .await
+                .unwrap();
+            let Some((last, at)) = page.last() else { break };
+            cursor = Some(Cursor {
+                at: *at,
+                id: Some(last.convers_with.to_string()),
+            });
+            seen.extend(page.iter().map(|(c, _)| c.convers_with.to_string()));
+        }
+        assert_eq!(seen.len(), 9, "{seen:?}");
+        assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 9);
+        assert_eq!(&seen[..3], ["P8", "P7", "P6"], "newest first");
     }
 
     /// Rows a person or another program broke are errors, never defaults.

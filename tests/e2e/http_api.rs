@@ -36,6 +36,9 @@ async fn exchange(from: &mut Mqtt, to: &mut Mqtt, e: &Running, n: usize, stamp: 
         }
         send(from, e, &to.user.clone(), body).await;
         ids.push(id);
+        // The engine stamps each message on receipt, and history orders messages of one
+        // millisecond by id: apart by a few, they read back in the order sent.
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
     }
     let got = to.messages(n, WAIT).await;
     assert_eq!(got.len(), n, "{} messages reach {}", n, to.user);
@@ -412,6 +415,49 @@ async fn bad_requests_are_4xx_json() {
             "{method} {path}: {v}"
         );
     }
+    // More members than a user's group may have (MAX_INLINE_GROUP_MEMBERS, 100).
+    let many: serde_json::Map<String, Value> = (0..101).map(|i| (format!("m{i}"), json!(1))).collect();
+    let (s, v) = api
+        .post(
+            &format!("/api/{app}/groups"),
+            &t1,
+            json!({"group_name": "Crowd", "group_members": many}),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    // Ids whose routing keys would pass 255 bytes: refused before anything changes. A group
+    // id too long for the group's own timeline key is never stored...
+    let too_long = format!("group-{}", "g".repeat(120));
+    let (s, v) = api
+        .post(
+            &format!("/api/{app}/groups"),
+            &t1,
+            json!({"group_name": "Long", "group_id": too_long}),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let (s, _) = api.get(&format!("/api/{app}/groups/{too_long}"), &t1).await;
+    assert_eq!(s, 404, "not stored");
+    // ...and a member whose inbox key would not fit is not added.
+    let long_group = format!("group-{}", "g".repeat(80));
+    let (s, v) = api
+        .post(
+            &format!("/api/{app}/groups"),
+            &t1,
+            json!({"group_name": "Long", "group_id": long_group}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = api
+        .post(
+            &format!("/api/{app}/groups/{long_group}/members"),
+            &t1,
+            json!({"member_id": "m".repeat(128)}),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let (_, v) = api.get(&format!("/api/{app}/groups/{long_group}"), &t1).await;
+    assert_eq!(v["result"]["members"].as_object().unwrap().len(), 1, "unchanged");
     // A stored group, asked by someone who is not a member: 403.
     let (s, v) = api
         .post(&format!("/api/{app}/groups"), &t1, json!({"group_name": "G"}))
@@ -466,6 +512,15 @@ async fn sending_over_http() {
     let (s, _) = api.post(&format!("/api/{app}/messages"), &t1, body.clone()).await;
     assert_eq!(s, 200);
     let (s, v) = api.post(&format!("/api/{app}/messages"), &t1, body.clone()).await;
+    assert_eq!(s, 429, "{v}");
+    // What a group call sends on the caller's behalf counts against its budget (3 a minute
+    // here): a group of five is six system messages, charged as a whole bucket at most — more
+    // than what is left after one message.
+    let creator = b.token(&app, &fresh("U"));
+    let (s, _) = api.post(&format!("/api/{app}/messages"), &creator, body.clone()).await;
+    assert_eq!(s, 200);
+    let crowd = json!({"group_name": "Five", "group_members": {"a1": 1, "a2": 1, "a3": 1, "a4": 1}});
+    let (s, v) = api.post(&format!("/api/{app}/groups"), &creator, crowd).await;
     assert_eq!(s, 429, "{v}");
     // A stored group the sender is not in: 403.
     let owner = fresh("U");

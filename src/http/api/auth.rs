@@ -109,7 +109,7 @@ impl FromRequestParts<Api> for Token {
 }
 
 /// The token of a request: the `Authorization` header (bare, `Bearer `, or `JWT `), else the
-/// `jwt` query parameter.
+/// `jwt` (or `JWT`, `token`) query parameter.
 fn bearer(parts: &Parts) -> Option<String> {
     if let Some(h) = parts.headers.get(axum::http::header::AUTHORIZATION) {
         let words: Vec<&str> = h.to_str().ok()?.split_whitespace().collect();
@@ -120,8 +120,9 @@ fn bearer(parts: &Parts) -> Option<String> {
             _ => None,
         };
     }
+    // `?jwt=` (PROTOCOL §14), and the spellings chat21-http-server also read.
     let query = parts.uri.query()?;
-    url_query(query, "jwt")
+    ["jwt", "JWT", "token"].iter().find_map(|name| url_query(query, name))
 }
 
 /// One query parameter, percent-decoded.

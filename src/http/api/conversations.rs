@@ -15,6 +15,7 @@ use super::state::Api;
 use super::{ok, page_limit, parse_id};
 use crate::domain::Conversation;
 use crate::handlers::conversation;
+use crate::store::Cursor;
 
 /// Conversations per page when `limit` is not given, and the most one page may hold.
 pub const CONVERSATIONS_DEFAULT_LIMIT: i64 = 200;
@@ -29,10 +30,11 @@ pub struct ListParams {
     /// At most this many (default 200, at most 1000).
     #[serde(default)]
     limit: Option<i64>,
-    /// Only conversations whose last message the engine received before this time (epoch ms):
-    /// the previous page's `next`.
+    /// Only conversations before this point: the previous page's `next`
+    /// (`{received_at}:{conversWith}`), or a bare time (epoch ms of the engine's receipt of
+    /// the last message).
     #[serde(default)]
-    before: Option<i64>,
+    before: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -97,12 +99,13 @@ async fn list(
     let me = parse_id(&path.me, "me")?;
     caller.acting_as(&me)?;
     let limit = page_limit(p.limit, CONVERSATIONS_DEFAULT_LIMIT, CONVERSATIONS_MAX_LIMIT)?;
+    let before = p.before.as_deref().map(super::messages::parse_cursor).transpose()?;
     let page = api
         .store()?
-        .conversation_page(&app, &me, archived, p.before, limit)
+        .conversation_page(&app, &me, archived, before.as_ref(), limit)
         .await?;
     let next = (page.len() as i64 == limit)
-        .then(|| page.last().map(|(_, at)| *at))
+        .then(|| page.last().map(|(c, at)| Cursor::render(*at, &c.convers_with)))
         .flatten();
     let result: Vec<Value> = page
         .iter()

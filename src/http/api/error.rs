@@ -41,6 +41,10 @@ pub enum ApiError {
     /// 504: the input is queued but was not settled in time.
     #[error("{0}")]
     NotSettled(String),
+    /// 500: the engine's own fault (a corrupt row, a change the store refused for good):
+    /// retrying will not help; the log says more.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl ApiError {
@@ -56,6 +60,7 @@ impl ApiError {
             ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotSettled(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -67,8 +72,13 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         // The detail goes to the log, not to the caller (it may name tables and hosts).
-        tracing::warn!(error = %e, "HTTP API: store read failed");
-        ApiError::Unavailable("the store is not available; retry later".into())
+        if e.is_transient() {
+            tracing::warn!(error = %e, "HTTP API: store read failed");
+            ApiError::Unavailable("the store is not available; retry later".into())
+        } else {
+            tracing::error!(error = %e, "HTTP API: store read failed for good");
+            ApiError::Internal("the store holds data the engine cannot read".into())
+        }
     }
 }
 
@@ -76,6 +86,7 @@ impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> ApiError {
         match e {
             SubmitError::NotSettled(_) => ApiError::NotSettled(e.to_string()),
+            SubmitError::KeyTooLong => ApiError::bad(e.to_string()),
             e => {
                 tracing::warn!(error = %e, "HTTP API: input not submitted");
                 ApiError::Unavailable(format!("{e}; retry later"))

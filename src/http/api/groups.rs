@@ -145,12 +145,23 @@ pub async fn create(
     if !caller.admin {
         members.insert(caller.user.to_string(), 1.into());
     }
+    api.members_within_limit(&caller, members.len())?;
+    keys_fit(&api, &app, &uid, members.keys().map(String::as_str))?;
     let _lock = api.group_locks.hold(&uid).await;
     // Someone else's group is never replaced by a user's create (an admin's is an upsert,
-    // as services that manage groups expect).
-    if !caller.admin && api.store()?.group(&app, &uid).await?.is_some() {
-        return Err(ApiError::Conflict(format!("group {uid} exists")));
+    // as services that manage groups expect) — nor is a group id already in use without a
+    // stored group (an inline or transient group's conversation): its creator would own it
+    // and could replay its history to itself.
+    if !caller.admin {
+        let store = api.store()?;
+        let in_use =
+            store.group(&app, &uid).await?.is_some() || !store.history(&app, &uid, &uid, None, 1).await?.is_empty();
+        if in_use {
+            return Err(ApiError::Conflict(format!("group {uid} exists")));
+        }
     }
+    // GROUP_CREATED and one MEMBER_JOINED_GROUP per member, each to every member.
+    api.charge(&caller, 1 + members.len(), members.len() + 1)?;
     let now = now_ms();
     let mut group = Map::new();
     group.insert("name".into(), name.into());
@@ -225,6 +236,10 @@ pub async fn join(
     if group.is_member(&member) {
         return Err(ApiError::Conflict(format!("{member} is already a member")));
     }
+    api.members_within_limit(&caller, group.members.len() + 1)?;
+    let history = welcome_history(&api, &app, &group, &member).await?;
+    api.charge(&caller, 1, group.members.len() + 2)?;
+    api.charge(&caller, history.len(), 1)?;
     let mut object = group_object(&group);
     let mut members = members_of(&group);
     members.insert(member.to_string(), 1.into());
@@ -233,7 +248,7 @@ pub async fn join(
     let notification = label("MEMBER_JOINED_GROUP", joined(&member));
     let update = group_update(&object, Some(notification), &members);
     api.submit(vec![(api.topics().group_update(&app), update)]).await?;
-    welcome(&api, &app, &group, &member).await?;
+    welcome(&api, &group, &member, history).await?;
     Ok(done())
 }
 
@@ -258,17 +273,26 @@ pub async fn set_members(
     let caller = token.caller(&app)?;
     let uid = parse_id(&path.group, "group")?;
     let members = member_map(s.members)?;
+    api.members_within_limit(&caller, members.len())?;
     let _lock = api.group_locks.hold(&uid).await;
     let group = stored(&api, &app, &uid).await?;
     owner_or_admin(&caller, &group)?;
     let old = members_of(&group);
+    let mut welcomes = Vec::new();
+    for added in members.keys().filter(|m| !old.contains_key(*m)) {
+        let added = parse_id(added, "members")?;
+        let history = welcome_history(&api, &app, &group, &added).await?;
+        api.charge(&caller, 1, members.len() + 1)?;
+        api.charge(&caller, history.len(), 1)?;
+        welcomes.push((added, history));
+    }
     let mut object = group_object(&group);
     object.insert("members".into(), Value::Object(members.clone()));
     object.insert("updatedOn".into(), now_ms().into());
     let update = group_update(&object, None, &old);
     api.submit(vec![(api.topics().group_update(&app), update)]).await?;
-    for added in members.keys().filter(|m| !old.contains_key(*m)) {
-        welcome(&api, &app, &group, &parse_id(added, "members")?).await?;
+    for (added, history) in welcomes {
+        welcome(&api, &group, &added, history).await?;
     }
     Ok(done())
 }
@@ -292,6 +316,7 @@ pub async fn leave(State(api): State<Api>, token: Token, Ids(path): Ids<MemberPa
     if !group.is_member(&member) {
         return Err(ApiError::NotFound(format!("{member} is not a member")));
     }
+    api.charge(&caller, 1, group.members.len())?;
     let old = members_of(&group);
     let mut members = old.clone();
     members.remove(member.as_str());
@@ -375,6 +400,7 @@ async fn change(
     let _lock = api.group_locks.hold(&uid).await;
     let group = stored(&api, &app, &uid).await?;
     owner_or_admin(&caller, &group)?;
+    api.charge(&caller, 1, group.members.len())?;
     let mut object = group_object(&group);
     apply(&mut object);
     object.insert("updatedOn".into(), now_ms().into());
@@ -383,26 +409,31 @@ async fn change(
     Ok(done())
 }
 
-/// What a member who joined gets: the system message to the group (the member included),
-/// then the group's recent timeline.
-async fn welcome(api: &Api, app: &AppId, group: &Group, member: &UserId) -> ApiResult<()> {
-    let name = group.name().unwrap_or_default();
-    let text = format!("{member} added to group");
-    let notice = system_message(
-        api,
-        &group.uid,
-        name,
-        &text,
-        label("MEMBER_JOINED_GROUP", joined(member)),
-    );
-    api.submit(vec![notice]).await?;
+/// The history a joining `member` will be replayed: the group's own timeline, its newest
+/// [`JOIN_HISTORY`] messages oldest first, read *before* the join's own system message (which
+/// the member gets live), without what the member may not see — messages `hiddenFor` it and
+/// messages of senders it blocked. Every replay key is checked here, before anything changes.
+async fn welcome_history(api: &Api, app: &AppId, group: &Group, member: &UserId) -> ApiResult<Vec<(String, Value)>> {
+    keys_fit(api, app, &group.uid, [member.as_str()])?;
+    let key = api.topics().history_replay(app, member, &group.uid);
+    if key.len() > crate::topic::MAX_KEY_BYTES {
+        return Err(ApiError::bad("the ids are too long for a routing key (255 bytes)"));
+    }
     let store = api.store()?;
+    let blocked: std::collections::HashSet<UserId> = store
+        .blocked_by(app, member)
+        .await?
+        .into_iter()
+        .map(|(other, _)| other)
+        .collect();
     let mut recent = store
         .history(app, &group.uid, &group.uid, None::<&Cursor>, JOIN_HISTORY)
         .await?;
     recent.reverse();
-    let replays = recent
+    Ok(recent
         .into_iter()
+        .filter(|m| m.message.hidden_for() != Some(member.as_str()))
+        .filter(|m| !m.message.sender().is_some_and(|s| blocked.contains(s)))
         .map(|m| {
             let mut fields = m.message.fields().clone();
             fields.insert("__history".into(), "true".into());
@@ -413,13 +444,25 @@ async fn welcome(api: &Api, app: &AppId, group: &Group, member: &UserId) -> ApiR
                     a.insert("sendnotification".into(), false.into());
                 }
             }
-            (
-                api.topics().history_replay(app, member, &group.uid),
-                Value::Object(fields),
-            )
+            (key.clone(), Value::Object(fields))
         })
-        .collect();
-    api.submit(replays).await
+        .collect())
+}
+
+/// What a member who joined gets: the system message to the group (the member included),
+/// then the history read before it.
+async fn welcome(api: &Api, group: &Group, member: &UserId, history: Vec<(String, Value)>) -> ApiResult<()> {
+    let name = group.name().unwrap_or_default();
+    let text = format!("{member} added to group");
+    let notice = system_message(
+        api,
+        &group.uid,
+        name,
+        &text,
+        label("MEMBER_JOINED_GROUP", joined(member)),
+    );
+    api.submit(vec![notice]).await?;
+    api.submit(history).await
 }
 
 /// An I8 payload: the group (with a transient `notification`, which is not stored) for
@@ -456,6 +499,20 @@ fn label(key: &str, parameters: Value) -> Value {
 /// `MEMBER_JOINED_GROUP`'s parameters: without a contacts service the name is the id.
 fn joined(member: &str) -> Value {
     json!({"member_id": member, "fullname": member, "firstname": "", "lastname": ""})
+}
+
+/// 400 unless every routing key a change of group `uid` makes fits the broker's 255 bytes:
+/// the group's own timeline, and each member's inbox and group updates. Checked before
+/// anything changes, so a change is never stored and then half sent.
+fn keys_fit<'a>(api: &Api, app: &AppId, uid: &UserId, members: impl IntoIterator<Item = &'a str>) -> ApiResult<()> {
+    let t = api.topics();
+    let too_long = |_| ApiError::bad("the ids are too long for a routing key (255 bytes)");
+    t.message_added(app, uid, uid).map_err(too_long)?;
+    for m in members {
+        t.message_added(app, m, uid).map_err(too_long)?;
+        t.group_updated(app, m, uid).map_err(too_long)?;
+    }
+    Ok(())
 }
 
 async fn stored(api: &Api, app: &AppId, uid: &str) -> ApiResult<Group> {

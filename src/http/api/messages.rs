@@ -2,6 +2,7 @@
 //! message over HTTP (as the MQTT client does: the same input, the same way through).
 
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -12,7 +13,6 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{Body, Ids, Params};
 use super::state::Api;
 use super::{page_limit, parse_id};
-use crate::domain::is_valid_id;
 use crate::store::{Cursor, StoredMessage};
 
 /// Messages per page when `limit` is not given (what Chat21 clients, which send none,
@@ -58,28 +58,15 @@ pub async fn history(
     let cursor = p.before.as_deref().map(parse_cursor).transpose()?;
     let page = api.store()?.history(&app, &me, &with, cursor.as_ref(), limit).await?;
     let next = (page.len() as i64 == limit)
-        .then(|| page.last().map(|m| format!("{}:{}", m.timestamp, m.message_id)))
+        .then(|| page.last().map(|m| Cursor::render(m.timestamp, &m.message_id)))
         .flatten();
     let result: Vec<Value> = page.into_iter().map(message_object).collect();
     Ok(Json(json!({"success": true, "result": result, "next": next})))
 }
 
-/// `{timestamp}` or `{timestamp}:{message_id}` (a timestamp has no `:`, so the first one
-/// splits them; an id may hold more).
+/// A `before` parameter as a cursor, or 400.
 pub fn parse_cursor(s: &str) -> ApiResult<Cursor> {
-    let bad = || ApiError::bad("before: expected {timestamp} or {timestamp}:{message_id}");
-    let (ts, id) = match s.split_once(':') {
-        Some((ts, id)) => (ts, Some(id)),
-        None => (s, None),
-    };
-    let timestamp = ts.parse::<i64>().map_err(|_| bad())?;
-    match id {
-        Some(id) if !is_valid_id(id) => Err(bad()),
-        id => Ok(Cursor {
-            timestamp,
-            message_id: id.map(str::to_owned),
-        }),
-    }
+    Cursor::parse(s).ok_or_else(|| ApiError::bad("before: expected {timestamp} or {timestamp}:{id}"))
 }
 
 /// A stored message as clients read it: its fields, the status it has in this timeline
@@ -125,7 +112,7 @@ pub async fn send(
     token: Token,
     Ids(path): Ids<AppPath>,
     Body(m): Body<NewMessage>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let app = api.app(&path.app)?;
     let caller = token.caller(&app)?;
     let recipient = parse_id(&m.recipient_id, "recipient_id")?;
@@ -143,27 +130,13 @@ pub async fn send(
     let mut fields = m.fields;
     fields.insert("message_id".into(), message_id.clone().into());
     let key = api.topics().outgoing(&sender, &recipient);
-    api.submit(vec![(key, Value::Object(fields))]).await?;
-    Ok(Json(json!({"success": true, "message_id": message_id})))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors() {
-        assert_eq!(
-            parse_cursor("15").unwrap(),
-            Cursor {
-                timestamp: 15,
-                message_id: None
-            }
-        );
-        assert_eq!(parse_cursor("15:a:b").unwrap().message_id.as_deref(), Some("a:b"));
-        assert_eq!(parse_cursor("-3:m").unwrap().timestamp, -3);
-        for bad in ["", "x", "1.5", "15:", "15:a b", "15:a.b"] {
-            assert!(parse_cursor(bad).is_err(), "{bad:?}");
+    match api.submit(vec![(key, Value::Object(fields))]).await {
+        Ok(()) => Ok(Json(json!({"success": true, "message_id": message_id})).into_response()),
+        // Queued, or perhaps not: the error carries the id, so a retry is not a duplicate.
+        Err(e @ (ApiError::NotSettled(_) | ApiError::Unavailable(_))) => {
+            let body = json!({"success": false, "error": e.to_string(), "message_id": message_id});
+            Ok((e.status(), Json(body)).into_response())
         }
+        Err(e) => Err(e),
     }
 }

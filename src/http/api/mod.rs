@@ -38,8 +38,13 @@ use extract::BodyLimit;
 pub use state::Api;
 
 /// Longest a request may take before it is answered 503 (a store read that hangs, a
-/// broker that does not confirm): longer than the settle timeout, so that one answers first.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// broker that does not confirm): longer than a group change's three settle timeouts, so
+/// those answer first.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// API requests served at once; more wait. Bounds the memory of pages in flight (a page is
+/// at most 1000 messages of at most `MAX_MESSAGE_BYTES`) and the store connections reads take.
+const CONCURRENT_REQUESTS: usize = 32;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -103,11 +108,13 @@ pub fn router(engine: Arc<Engine>) -> Router {
             },
         ))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::from_fn(json_errors))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(CONCURRENT_REQUESTS))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             REQUEST_TIMEOUT,
         ))
+        // Outside the timeout, so its 503 gets a JSON body too.
+        .layer(axum::middleware::from_fn(json_errors))
         .layer(
             tower_http::cors::CorsLayer::very_permissive()
                 .allow_credentials(false)

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use crate::broker::Settlement;
 use crate::config::TopicLayout;
@@ -76,6 +77,33 @@ impl Api {
         }
     }
 
+    /// A user's group may have at most `MAX_INLINE_GROUP_MEMBERS` members when the user sets
+    /// them over HTTP (each member is a copy of every later message and a system message on
+    /// creation); admins (services that manage groups) are not limited.
+    pub fn members_within_limit(&self, caller: &Caller, members: usize) -> ApiResult<()> {
+        let max = self.engine.config.policy.max_inline_group_members;
+        if caller.admin || members <= max {
+            Ok(())
+        } else {
+            Err(ApiError::bad(format!(
+                "a group may have at most {max} members (MAX_INLINE_GROUP_MEMBERS)"
+            )))
+        }
+    }
+
+    /// Charge the caller's rate limit for the messages a call makes on its behalf (system
+    /// messages and replays are sent by `system`, which is exempt): 429 when over.
+    pub fn charge(&self, caller: &Caller, messages: usize, copies: usize) -> ApiResult<()> {
+        if caller.admin {
+            return Ok(());
+        }
+        self.engine
+            .pipeline
+            .chain()
+            .charge(&caller.user, messages, copies)
+            .map_err(|_| ApiError::RateLimited)
+    }
+
     /// Submit inputs, in order, through the broker and wait until they are settled; the
     /// first refusal is the answer.
     pub async fn submit(&self, inputs: Vec<(String, serde_json::Value)>) -> ApiResult<()> {
@@ -94,7 +122,9 @@ impl Api {
 fn refusal(s: Settlement) -> ApiResult<()> {
     match s {
         Settlement::Processed => Ok(()),
-        Settlement::DeadLettered => Err(ApiError::Refused("store_refused".into())),
+        Settlement::DeadLettered => Err(ApiError::Internal(
+            "the store refused the change; it is in the dead-letter queue".into(),
+        )),
         Settlement::Rejected { reason } => Err(match RejectReason::parse(&reason) {
             Some(RejectReason::RateLimited) => ApiError::RateLimited,
             Some(RejectReason::NotAMember) => ApiError::Forbidden("not a member of the group".into()),
