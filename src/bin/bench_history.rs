@@ -313,33 +313,56 @@ async fn seed(url: &str, app: &str, args: &Args) -> Result<(), Box<dyn std::erro
         chat21_engine::config::Database::Postgres { url } => url.expose().to_owned(),
     })
     .await?;
-    let columns = "timeline_of, convers_with, app_id, message_id, sender, recipient, status, timestamp, text, type, channel_type, body";
-    let values = |i: &str| {
+    // One body per message, one timeline row per message (the recipient's: the timeline the
+    // readers read).
+    let body = |i: &str| {
         format!(
-            "'u' || ({i} % $2), 'v' || ({i} % $2), CAST($3 AS TEXT), 'm' || {i}, 'v' || ({i} % $2), 'u' || ({i} % $2), 150, \
-             1700000000000 + {i} / 3, 'seeded message ' || {i}, 'text', 'direct', \
-             '{{\"message_id\":\"m' || {i} || '\",\"text\":\"seeded message ' || {i} || '\",\"sender\":\"v' || ({i} % $2) || \
+            "'{{\"message_id\":\"m' || {i} || '\",\"text\":\"seeded message ' || {i} || '\",\"sender\":\"v' || ({i} % $2) || \
              '\",\"recipient\":\"u' || ({i} % $2) || '\",\"timestamp\":' || (1700000000000 + {i} / 3) || \
              ',\"status\":150,\"type\":\"text\",\"channel_type\":\"direct\",\"app_id\":\"' || CAST($3 AS TEXT) || '\"}}'"
         )
     };
-    let sql = match db {
-        chat21_engine::config::Database::Sqlite { .. } => format!(
-            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < $1 - 1) \
-             INSERT INTO messages ({columns}) SELECT {} FROM n",
-            values("i")
-        ),
-        chat21_engine::config::Database::Postgres { .. } => format!(
-            "INSERT INTO messages ({columns}) SELECT {} FROM generate_series(0, CAST($1 AS BIGINT) - 1) AS g(i)",
-            values("g.i")
-        ),
+    let bodies = |i: &str| {
+        format!(
+            "CAST($3 AS TEXT), 'v' || ({i} % $2), 'u' || ({i} % $2), 'm' || {i}, {}",
+            body(i)
+        )
     };
-    sqlx::query(&sql)
-        .bind(args.messages as i64)
-        .bind(args.conversations as i64)
-        .bind(app)
-        .execute(&pool)
-        .await?;
+    let timeline = |i: &str| {
+        format!(
+            "CAST($3 AS TEXT), 'u' || ({i} % $2), 'v' || ({i} % $2), 'm' || {i}, 'v' || ({i} % $2), 'u' || ({i} % $2), 150, \
+             1700000000000 + {i} / 3"
+        )
+    };
+    let tables = [
+        (
+            "messages (app_id, sender, recipient, message_id, body)",
+            &bodies as &dyn Fn(&str) -> String,
+        ),
+        (
+            "timeline (app_id, timeline_of, convers_with, message_id, sender, recipient, status, timestamp)",
+            &timeline,
+        ),
+    ];
+    for (table, values) in tables {
+        let sql = match db {
+            chat21_engine::config::Database::Sqlite { .. } => format!(
+                "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < $1 - 1) \
+                 INSERT INTO {table} SELECT {} FROM n",
+                values("i")
+            ),
+            chat21_engine::config::Database::Postgres { .. } => format!(
+                "INSERT INTO {table} SELECT {} FROM generate_series(0, CAST($1 AS BIGINT) - 1) AS g(i)",
+                values("g.i")
+            ),
+        };
+        sqlx::query(&sql)
+            .bind(args.messages as i64)
+            .bind(args.conversations as i64)
+            .bind(app)
+            .execute(&pool)
+            .await?;
+    }
     pool.close().await;
     Ok(())
 }

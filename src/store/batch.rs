@@ -1,10 +1,12 @@
 //! One batch of writes, sorted by what applies them: one row per key as the upserts would
-//! leave them (the first copy of a message — later ones are no-ops —, the newest message of
-//! a conversation), and the single-row updates in input order. Every row keeps the index of
+//! leave them (one body per message, the first copy of a message in a timeline — later ones
+//! are no-ops —, the newest message of a conversation), and the single-row updates in input
+//! order. Every row keeps the index of
 //! the write it came from, so what a statement reveals is handed back to that write.
 
 use std::collections::{HashMap, HashSet};
 
+use super::messages::body_key;
 use crate::plan::{TimelineCopy, Write};
 
 /// A write's place in its batch.
@@ -12,6 +14,8 @@ pub type WriteIndex = usize;
 
 #[derive(Default)]
 pub(super) struct Batch<'a> {
+    /// One per message body key: a group message's hundred copies share one body.
+    pub bodies: Vec<&'a TimelineCopy>,
     pub messages: Vec<(WriteIndex, &'a TimelineCopy)>,
     /// PostgreSQL refuses one statement that touches the same conversation row twice.
     pub conversations: Vec<(WriteIndex, &'a TimelineCopy)>,
@@ -22,19 +26,24 @@ impl<'a> Batch<'a> {
     pub fn of(writes: &[&'a Write]) -> Batch<'a> {
         let mut b = Batch::default();
         let mut seen = HashSet::new();
+        let mut bodies = HashSet::new();
         let mut conv_index: HashMap<(&str, &str, &str), usize> = HashMap::new();
         for (i, w) in writes.iter().enumerate() {
             match w {
                 Write::Message(c) => {
-                    if seen.insert((
-                        c.app.as_str(),
-                        c.timeline_of.as_str(),
-                        c.message().message_id().unwrap_or_default(),
-                    )) {
+                    let (app, sender, _, id) = body_key(c);
+                    if seen.insert((app, c.timeline_of.as_str(), c.convers_with.as_str(), id, sender)) {
                         b.messages.push((i, c));
+                    }
+                    if bodies.insert(body_key(c)) {
+                        b.bodies.push(c);
                     }
                 }
                 Write::Conversation(c) => {
+                    // A conversation's last message has its body even without a timeline row.
+                    if bodies.insert(body_key(c)) {
+                        b.bodies.push(c);
+                    }
                     match conv_index.get(&(c.app.as_str(), c.timeline_of.as_str(), c.convers_with.as_str())) {
                         Some(&at) => {
                             let current: &TimelineCopy = b.conversations[at].1;

@@ -1,18 +1,25 @@
-//! The `conversations` table: one row per (timeline, partner), the last message's fields
-//! and body, `is_new`, `archived`.
+//! The `conversations` table: one row per (timeline, partner): the key of its last message
+//! (whose body is in `messages`), that message's status in this timeline, `is_new`,
+//! `archived`, the engine's receive time.
 
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::batch::WriteIndex;
-use super::sql::{bind_copy, get_bool, json, json_object, placeholders, Dialect, Tx};
+use super::messages::body_key;
+use super::sql::{get_bool, json_object, placeholders, Dialect, Tx};
 use super::{Cursor, StoreError};
 use crate::domain::{AppId, Conversation, Message, UserId};
 use crate::plan::TimelineCopy;
 
-const COLUMNS: &str = "timeline_of, convers_with, body, \
-     CAST(CASE WHEN is_new THEN 1 ELSE 0 END AS BIGINT) AS is_new, \
-     CAST(CASE WHEN archived THEN 1 ELSE 0 END AS BIGINT) AS archived";
+/// A conversation row with its last message's body (NULL when missing: reported as corrupt).
+const COLUMNS: &str = "c.timeline_of, c.convers_with, c.status, m.body, \
+     CAST(CASE WHEN c.is_new THEN 1 ELSE 0 END AS BIGINT) AS is_new, \
+     CAST(CASE WHEN c.archived THEN 1 ELSE 0 END AS BIGINT) AS archived";
+
+/// Conversations, each joined with its last message's body by the body's key.
+const FROM: &str = "FROM conversations c LEFT JOIN messages m ON m.app_id = c.app_id AND m.sender = c.sender \
+     AND m.recipient = c.recipient AND m.message_id = c.message_id";
 
 /// Which of these copies will un-archive their conversation: it is archived and the copy is
 /// not older than its last message (older ones do not touch the row). Returns the writes that
@@ -22,16 +29,32 @@ pub(super) async fn unarchived_by(
     dialect: Dialect,
     rows: &[(WriteIndex, &TimelineCopy)],
 ) -> Result<Vec<(WriteIndex, Conversation)>, sqlx::Error> {
-    let sql = format!(
-        "SELECT timeline_of, convers_with, received_at, app_id FROM conversations WHERE archived = TRUE AND timeline_of IN {}",
-        placeholders(dialect, 1, rows.len(), None)
-    );
-    let mut q = sqlx::query(&sql);
-    for (_, c) in rows {
-        q = q.bind(c.timeline_of.as_str());
+    // One query per app in the batch (an engine serves one: one query), each an index range
+    // scan (`conversations_page`: app, timeline, archived).
+    let mut apps: Vec<&AppId> = rows.iter().map(|(_, c)| &c.app).collect();
+    apps.sort();
+    apps.dedup();
+    let mut found = Vec::new();
+    for app in apps {
+        let timelines: Vec<&str> = rows
+            .iter()
+            .filter(|(_, c)| &c.app == app)
+            .map(|(_, c)| c.timeline_of.as_str())
+            .collect();
+        let sql = format!(
+            "SELECT timeline_of, convers_with, received_at, app_id FROM conversations \
+             WHERE app_id = {} AND archived = TRUE AND timeline_of IN {}",
+            if dialect.positional() { "?" } else { "$1" },
+            super::sql::placeholders_from(dialect, 2, timelines.len())
+        );
+        let mut q = sqlx::query(&sql).bind(app.as_str());
+        for t in timelines {
+            q = q.bind(t);
+        }
+        found.extend(q.fetch_all(&mut **tx).await?);
     }
     let mut out = Vec::new();
-    for r in q.fetch_all(&mut **tx).await? {
+    for r in found {
         let (t, w, ts, app): (String, String, i64, String) =
             (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
         let wins = rows
@@ -62,23 +85,25 @@ pub(super) async fn upsert(
 ) -> Result<(), sqlx::Error> {
     let sql = format!(
         "INSERT INTO conversations (timeline_of, convers_with, app_id, message_id, sender, recipient, status, \
-         timestamp, last_message_text, type, channel_type, attributes, is_new, archived, body, received_at) VALUES {} \
+         is_new, archived, received_at) VALUES {} \
          ON CONFLICT (app_id, timeline_of, convers_with) DO UPDATE SET \
-         app_id = excluded.app_id, message_id = excluded.message_id, sender = excluded.sender, \
-         recipient = excluded.recipient, status = excluded.status, timestamp = excluded.timestamp, \
-         last_message_text = excluded.last_message_text, type = excluded.type, \
-         channel_type = excluded.channel_type, attributes = excluded.attributes, is_new = excluded.is_new, \
-         archived = FALSE, body = excluded.body, received_at = excluded.received_at \
+         message_id = excluded.message_id, sender = excluded.sender, recipient = excluded.recipient, \
+         status = excluded.status, is_new = excluded.is_new, archived = FALSE, received_at = excluded.received_at \
          WHERE excluded.received_at >= conversations.received_at",
-        placeholders(dialect, rows.len(), 15, Some((13, "FALSE")))
+        placeholders(dialect, rows.len(), 9, Some((8, "FALSE")))
     );
     let mut q = sqlx::query(&sql);
     for (_, c) in rows {
-        let m = c.message();
-        q = bind_copy(q, c)
-            .bind(m.attributes().map(serde_json::Value::to_string))
+        let (app, sender, recipient, id) = body_key(c);
+        q = q
+            .bind(c.timeline_of.as_str())
+            .bind(c.convers_with.as_str())
+            .bind(app)
+            .bind(id)
+            .bind(sender)
+            .bind(recipient)
+            .bind(c.message().status().unwrap_or_default())
             .bind(c.is_new)
-            .bind(json(m.fields()))
             .bind(c.received_ms);
     }
     q.execute(&mut **tx).await?;
@@ -121,7 +146,7 @@ pub(super) async fn archive(
     .execute(&mut **tx)
     .await?;
     let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM conversations WHERE timeline_of = $1 AND convers_with = $2 AND app_id = $3"
+        "SELECT {COLUMNS} {FROM} WHERE c.timeline_of = $1 AND c.convers_with = $2 AND c.app_id = $3"
     ))
     .bind(timeline_of)
     .bind(convers_with)
@@ -146,8 +171,8 @@ pub(super) async fn list(
     limit: i64,
 ) -> Result<Vec<Conversation>, StoreError> {
     let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM conversations WHERE timeline_of = $1 AND archived = $2 \
-         ORDER BY received_at DESC LIMIT $3"
+        "SELECT {COLUMNS} {FROM} WHERE c.timeline_of = $1 AND c.archived = $2 \
+         ORDER BY c.received_at DESC LIMIT $3"
     ))
     .bind(timeline_of)
     .bind(archived)
@@ -170,16 +195,16 @@ pub(super) async fn page(
     limit: i64,
 ) -> Result<Vec<(Conversation, i64)>, StoreError> {
     let (after, order) = (
-        "AND (received_at, convers_with) < ($4, $5)",
-        "ORDER BY received_at DESC, convers_with DESC",
+        "AND (c.received_at, c.convers_with) < ($4, $5)",
+        "ORDER BY c.received_at DESC, c.convers_with DESC",
     );
     let sql = match before {
         None => format!(
-            "SELECT {COLUMNS}, received_at FROM conversations WHERE app_id = $1 AND timeline_of = $2 AND archived = $3 \
+            "SELECT {COLUMNS}, c.received_at {FROM} WHERE c.app_id = $1 AND c.timeline_of = $2 AND c.archived = $3 \
              {order} LIMIT $4"
         ),
         Some(_) => format!(
-            "SELECT {COLUMNS}, received_at FROM conversations WHERE app_id = $1 AND timeline_of = $2 AND archived = $3 \
+            "SELECT {COLUMNS}, c.received_at {FROM} WHERE c.app_id = $1 AND c.timeline_of = $2 AND c.archived = $3 \
              {after} {order} LIMIT $6"
         ),
     };
@@ -205,7 +230,7 @@ pub(super) async fn one_of_app(
     convers_with: &UserId,
 ) -> Result<Option<Conversation>, StoreError> {
     let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM conversations WHERE app_id = $1 AND timeline_of = $2 AND convers_with = $3"
+        "SELECT {COLUMNS} {FROM} WHERE c.app_id = $1 AND c.timeline_of = $2 AND c.convers_with = $3"
     ))
     .bind(app.as_str())
     .bind(timeline_of.as_str())
@@ -222,7 +247,7 @@ pub(super) async fn one(
     convers_with: &str,
 ) -> Result<Option<Conversation>, StoreError> {
     let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM conversations WHERE timeline_of = $1 AND convers_with = $2"
+        "SELECT {COLUMNS} {FROM} WHERE c.timeline_of = $1 AND c.convers_with = $2"
     ))
     .bind(timeline_of)
     .bind(convers_with)
@@ -238,8 +263,11 @@ fn conversation(r: &AnyRow) -> Result<Conversation, StoreError> {
         key: format!("{t}/{w}"),
         why,
     };
-    let body: String = r.try_get("body")?;
-    let last = json_object(&body).map_err(|e| corrupt(format!("body: {e}")))?;
+    let body: Option<String> = r.try_get("body")?;
+    let body = body.ok_or_else(|| corrupt("the last message's body is missing".into()))?;
+    let mut last = json_object(&body).map_err(|e| corrupt(format!("body: {e}")))?;
+    // The body is stored once for every timeline; the status is this one's.
+    last.insert("status".into(), r.try_get::<i64, _>("status")?.into());
     Ok(Conversation {
         timeline_of: UserId::parse(&t).map_err(|_| corrupt("timeline_of is not an id".into()))?,
         convers_with: UserId::parse(&w).map_err(|_| corrupt("convers_with is not an id".into()))?,

@@ -1,11 +1,11 @@
-//! The `messages` table: one row per (timeline, message id) — every copy of a message in the
-//! timeline it landed in, with its status.
+//! The `messages` table (one body per message) and the `timeline` table (one small row per
+//! copy of a message in the timeline it landed in, with its status there).
 
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::batch::WriteIndex;
-use super::sql::{bind_copy, json, json_object, placeholders, Dialect, Tx};
+use super::sql::{json, json_object, placeholders, Dialect, Tx};
 use super::{Cursor, StoreError};
 use crate::domain::{status, AppId, Message, MessageId, UserId};
 use crate::plan::{ReceiptNotice, TimelineCopy};
@@ -21,20 +21,73 @@ pub struct StoredMessage {
     pub message: Message,
 }
 
-/// A second copy of the same (timeline, message_id) is a no-op.
+/// Where a copy's body is kept: `messages` is keyed by (app, sender, recipient, message id),
+/// so a message id is an idempotency key per sender and conversation — another user's
+/// message with the same id is another message.
+pub(super) fn body_key(c: &TimelineCopy) -> (&str, &str, &str, &str) {
+    let m = c.message();
+    (
+        c.app.as_str(),
+        m.sender().unwrap_or_default(),
+        m.recipient().unwrap_or_default(),
+        m.message_id().unwrap_or_default(),
+    )
+}
+
+/// The bodies of these copies (one per key: the batch deduplicates them), each written once
+/// whatever the number of timelines it lands in; the first one stored wins. The body is the
+/// JSON the copy was published with, not serialised again; its `status` is the first copy's
+/// and is replaced on read by the status of the timeline or conversation that reads it.
+pub(super) async fn insert_bodies(
+    tx: &mut Tx<'_>,
+    dialect: Dialect,
+    rows: &[&TimelineCopy],
+) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "INSERT INTO messages (app_id, sender, recipient, message_id, body) VALUES {} \
+         ON CONFLICT (app_id, sender, recipient, message_id) DO NOTHING",
+        placeholders(dialect, rows.len(), 5, None)
+    );
+    let mut q = sqlx::query(&sql);
+    for c in rows {
+        let (app, sender, recipient, id) = body_key(c);
+        q = q.bind(app).bind(sender).bind(recipient).bind(id);
+        q = match std::str::from_utf8(c.message.json()) {
+            Ok(body) => q.bind(body),
+            // serde_json writes nothing but UTF-8; should that ever not hold, the fields
+            // serialised again are the honest fallback.
+            Err(_) => q.bind(json(c.message().fields())),
+        };
+    }
+    q.execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// One timeline row per copy; a second copy of the same (timeline, conversation, message
+/// id, sender) is a no-op (a redelivered input).
 pub(super) async fn insert(
     tx: &mut Tx<'_>,
     dialect: Dialect,
     rows: &[(WriteIndex, &TimelineCopy)],
 ) -> Result<(), sqlx::Error> {
     let sql = format!(
-        "INSERT INTO messages (timeline_of, convers_with, app_id, message_id, sender, recipient, status, timestamp, \
-         text, type, channel_type, body) VALUES {} ON CONFLICT (app_id, timeline_of, message_id) DO NOTHING",
-        placeholders(dialect, rows.len(), 12, None)
+        "INSERT INTO timeline (app_id, timeline_of, convers_with, message_id, sender, recipient, status, timestamp) \
+         VALUES {} ON CONFLICT (app_id, timeline_of, convers_with, message_id, sender) DO NOTHING",
+        placeholders(dialect, rows.len(), 8, None)
     );
     let mut q = sqlx::query(&sql);
     for (_, c) in rows {
-        q = bind_copy(q, c).bind(json(c.message().fields()));
+        let m = c.message();
+        let (app, sender, recipient, id) = body_key(c);
+        q = q
+            .bind(app)
+            .bind(c.timeline_of.as_str())
+            .bind(c.convers_with.as_str())
+            .bind(id)
+            .bind(sender)
+            .bind(recipient)
+            .bind(m.status().unwrap_or_default())
+            .bind(m.timestamp());
     }
     q.execute(&mut **tx).await?;
     Ok(())
@@ -42,24 +95,27 @@ pub(super) async fn insert(
 
 /// Only ever raise a status, and only where the row exists in that conversation: a late 200
 /// never downgrades a 250 or 300, and a receipt for an unknown message leaves no stub row
-/// (fix D7).
+/// (fix D7). `sender`: only that sender's message of this id (none: every sender's).
 async fn raise_status(
     tx: &mut Tx<'_>,
     app: &AppId,
     timeline_of: &str,
     convers_with: &str,
     message_id: &str,
+    sender: &str,
     status: i64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE messages SET status = $1 \
-         WHERE timeline_of = $2 AND message_id = $3 AND convers_with = $4 AND app_id = $5 AND status < $1",
+        "UPDATE timeline SET status = $1 \
+         WHERE app_id = $2 AND timeline_of = $3 AND convers_with = $4 AND message_id = $5 AND sender = $6 \
+         AND status < $1",
     )
     .bind(status)
-    .bind(timeline_of)
-    .bind(message_id)
-    .bind(convers_with)
     .bind(app.as_str())
+    .bind(timeline_of)
+    .bind(convers_with)
+    .bind(message_id)
+    .bind(sender)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -67,7 +123,8 @@ async fn raise_status(
 
 /// A receipt by `reader` for `message_id` of its conversation with `convers_with` (§5; see
 /// [`Write::Receipt`](crate::plan::Write::Receipt)). Nothing happens unless the reader's own
-/// timeline holds the message in that conversation. Returns whom to tell.
+/// timeline holds someone else's message of that id in that conversation. Returns whom to
+/// tell.
 pub(super) async fn receipt(
     tx: &mut Tx<'_>,
     app: &AppId,
@@ -75,31 +132,44 @@ pub(super) async fn receipt(
     convers_with: &UserId,
     message_id: &MessageId,
 ) -> Result<Option<ReceiptNotice>, StoreError> {
-    let row = sqlx::query(
-        "SELECT sender FROM messages WHERE timeline_of = $1 AND message_id = $2 AND convers_with = $3 AND app_id = $4",
+    let rows = sqlx::query(
+        "SELECT sender FROM timeline WHERE app_id = $1 AND timeline_of = $2 AND convers_with = $3 AND message_id = $4",
     )
-    .bind(reader.as_str())
-    .bind(message_id.as_str())
-    .bind(convers_with.as_str())
     .bind(app.as_str())
-    .fetch_optional(&mut **tx)
+    .bind(reader.as_str())
+    .bind(convers_with.as_str())
+    .bind(message_id.as_str())
+    .fetch_all(&mut **tx)
     .await?;
-    let Some(row) = row else {
-        // Not in the reader's timeline there: someone else's message, or none at all.
+    let senders = rows
+        .iter()
+        .map(|r| r.try_get::<String, _>("sender"))
+        .collect::<Result<Vec<String>, _>>()?;
+    // The message the receipt is about: in a direct conversation the partner's (one's own
+    // tells nobody); in a group, the one other member's of that id. Ids are per sender, so
+    // a group may hold two senders' messages of one id: the receipt cannot say which, and is
+    // applied to the first.
+    let Some(sender) = senders
+        .iter()
+        .find(|s| *s == convers_with.as_str())
+        .or_else(|| senders.iter().find(|s| *s != reader.as_str()))
+    else {
+        // Not in the reader's timeline there, or only the reader's own message.
         return Ok(None);
     };
-    let sender: Option<String> = row.try_get("sender")?;
-    raise_status(tx, app, reader, convers_with, message_id, status::RECEIVED).await?;
-    let Some(sender) = sender else {
-        return Ok(None);
-    };
-    if sender == reader.as_str() {
-        // A receipt on one's own message tells nobody.
-        return Ok(None);
-    }
+    raise_status(tx, app, reader, convers_with, message_id, sender, status::RECEIVED).await?;
     if sender == convers_with.as_str() {
         // Direct: the sender's own copy, in its conversation with the reader.
-        raise_status(tx, app, convers_with, reader, message_id, status::RETURN_RECEIPT).await?;
+        raise_status(
+            tx,
+            app,
+            convers_with,
+            reader,
+            message_id,
+            sender,
+            status::RETURN_RECEIPT,
+        )
+        .await?;
         return Ok(Some(ReceiptNotice {
             app: app.clone(),
             to: convers_with.clone(),
@@ -110,12 +180,30 @@ pub(super) async fn receipt(
     // A group's: `convers_with` is the group. Inside a write: failing here would fail the
     // whole batch on every retry, and a sender that is not an id (a replayed message carries
     // its sender unchecked) cannot be told anyway.
-    let Ok(sender) = UserId::parse(&sender) else {
+    let Ok(sender) = UserId::parse(sender) else {
         tracing::error!(group = %convers_with, message_id = %message_id, sender, "stored sender is not an id; receipt not passed on");
         return Ok(None);
     };
-    raise_status(tx, app, convers_with, convers_with, message_id, status::RETURN_RECEIPT).await?;
-    raise_status(tx, app, &sender, convers_with, message_id, status::RETURN_RECEIPT).await?;
+    raise_status(
+        tx,
+        app,
+        convers_with,
+        convers_with,
+        message_id,
+        &sender,
+        status::RETURN_RECEIPT,
+    )
+    .await?;
+    raise_status(
+        tx,
+        app,
+        &sender,
+        convers_with,
+        message_id,
+        &sender,
+        status::RETURN_RECEIPT,
+    )
+    .await?;
     Ok(Some(ReceiptNotice {
         app: app.clone(),
         to: sender,
@@ -124,8 +212,14 @@ pub(super) async fn receipt(
     }))
 }
 
-/// A page of a conversation's history, newest first: at most `limit` messages older than
-/// `before` (epoch ms; `None`: from the newest).
+/// What history reads select: the timeline row and its message's body (NULL when missing,
+/// which [`message_row`] reports as corrupt rather than dropping the row).
+const SELECT: &str = "SELECT t.timeline_of, t.convers_with, t.message_id, t.status, t.timestamp, m.body \
+     FROM timeline t LEFT JOIN messages m ON m.app_id = t.app_id AND m.sender = t.sender \
+     AND m.recipient = t.recipient AND m.message_id = t.message_id";
+
+/// A page of a conversation's history in every app (tests and tools), newest first: at most
+/// `limit` messages older than `before` (epoch ms; `None`: from the newest).
 pub(super) async fn page(
     pool: &sqlx::AnyPool,
     timeline_of: &str,
@@ -133,10 +227,10 @@ pub(super) async fn page(
     before: Option<i64>,
     limit: i64,
 ) -> Result<Vec<StoredMessage>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT timeline_of, convers_with, message_id, status, timestamp, body FROM messages \
-         WHERE timeline_of = $1 AND convers_with = $2 AND timestamp < $3 ORDER BY timestamp DESC LIMIT $4",
-    )
+    let rows = sqlx::query(&format!(
+        "{SELECT} WHERE t.timeline_of = $1 AND t.convers_with = $2 AND t.timestamp < $3 \
+         ORDER BY t.timestamp DESC LIMIT $4"
+    ))
     .bind(timeline_of)
     .bind(convers_with)
     .bind(before.unwrap_or(i64::MAX))
@@ -147,7 +241,8 @@ pub(super) async fn page(
 }
 
 /// A page of `app`'s conversation history, newest first: at most `limit` messages before
-/// `cursor` (from the newest without one). An index range scan (`messages_history`).
+/// `cursor` (from the newest without one). An index range scan (`timeline_history`), then
+/// each body by its key.
 pub(super) async fn history(
     pool: &sqlx::AnyPool,
     app: &AppId,
@@ -156,15 +251,18 @@ pub(super) async fn history(
     cursor: Option<&Cursor>,
     limit: i64,
 ) -> Result<Vec<StoredMessage>, StoreError> {
-    const FIRST: &str = "SELECT timeline_of, convers_with, message_id, status, timestamp, body FROM messages \
-         WHERE app_id = $1 AND timeline_of = $2 AND convers_with = $3 \
-         ORDER BY timestamp DESC, message_id DESC LIMIT $4";
     // An empty id sorts before every id: a bare timestamp cursor excludes all of it.
-    const NEXT: &str = "SELECT timeline_of, convers_with, message_id, status, timestamp, body FROM messages \
-         WHERE app_id = $1 AND timeline_of = $2 AND convers_with = $3 AND (timestamp, message_id) < ($4, $5) \
-         ORDER BY timestamp DESC, message_id DESC LIMIT $6";
-    let q = sqlx::query(if cursor.is_some() { NEXT } else { FIRST });
-    let q = q
+    let sql = match cursor {
+        None => format!(
+            "{SELECT} WHERE t.app_id = $1 AND t.timeline_of = $2 AND t.convers_with = $3 \
+             ORDER BY t.timestamp DESC, t.message_id DESC LIMIT $4"
+        ),
+        Some(_) => format!(
+            "{SELECT} WHERE t.app_id = $1 AND t.timeline_of = $2 AND t.convers_with = $3 \
+             AND (t.timestamp, t.message_id) < ($4, $5) ORDER BY t.timestamp DESC, t.message_id DESC LIMIT $6"
+        ),
+    };
+    let q = sqlx::query(&sql)
         .bind(app.as_str())
         .bind(timeline_of.as_str())
         .bind(convers_with.as_str());
@@ -176,37 +274,40 @@ pub(super) async fn history(
     rows.iter().map(message_row).collect()
 }
 
-/// One stored message, if it exists.
+/// One stored message of a timeline in any app and conversation (tests and tools), if it
+/// exists.
 pub(super) async fn one(
     pool: &sqlx::AnyPool,
     timeline_of: &str,
     message_id: &str,
 ) -> Result<Option<StoredMessage>, StoreError> {
-    let row = sqlx::query(
-        "SELECT timeline_of, convers_with, message_id, status, timestamp, body FROM messages \
-         WHERE timeline_of = $1 AND message_id = $2",
-    )
-    .bind(timeline_of)
-    .bind(message_id)
-    .fetch_optional(pool)
-    .await?;
+    let row = sqlx::query(&format!("{SELECT} WHERE t.timeline_of = $1 AND t.message_id = $2"))
+        .bind(timeline_of)
+        .bind(message_id)
+        .fetch_optional(pool)
+        .await?;
     row.as_ref().map(message_row).transpose()
 }
 
+/// A timeline row with its body; the body's `status` becomes this timeline's.
 fn message_row(r: &AnyRow) -> Result<StoredMessage, StoreError> {
-    let body: String = r.try_get("body")?;
     let (timeline_of, message_id): (String, String) = (r.try_get("timeline_of")?, r.try_get("message_id")?);
-    let message = json_object(&body).map_err(|e| StoreError::Corrupt {
+    let corrupt = |why: String| StoreError::Corrupt {
         table: "messages",
         key: format!("{timeline_of}/{message_id}"),
-        why: format!("body: {e}"),
-    })?;
+        why,
+    };
+    let body: Option<String> = r.try_get("body")?;
+    let body = body.ok_or_else(|| corrupt("the timeline row's message body is missing".into()))?;
+    let mut message = json_object(&body).map_err(|e| corrupt(format!("body: {e}")))?;
+    let status: i64 = r.try_get("status")?;
+    message.insert("status".into(), status.into());
     Ok(StoredMessage {
-        timeline_of,
         convers_with: r.try_get("convers_with")?,
-        message_id,
-        status: r.try_get("status")?,
+        status,
         timestamp: r.try_get("timestamp")?,
         message: Message::from_fields(message),
+        timeline_of,
+        message_id,
     })
 }

@@ -166,6 +166,9 @@ impl Store {
                 applied.add(at, |c| c.unarchived.push(conv));
             }
         }
+        for chunk in sql::statement_chunks(&batch.bodies) {
+            messages::insert_bodies(&mut tx, d, chunk).await?;
+        }
         for chunk in sql::statement_chunks(&batch.messages) {
             messages::insert(&mut tx, d, chunk).await?;
         }
@@ -377,6 +380,7 @@ mod tests {
     use crate::domain::{Message, Sealed};
     use crate::events::PresenceChange;
     use crate::plan::TimelineCopy;
+    use sqlx::Row;
     use std::sync::Arc;
 
     fn copy(timeline_of: &str, with: &str, id: &str, ts: i64, text: &str, is_new: bool) -> TimelineCopy {
@@ -609,6 +613,103 @@ mod tests {
         assert_eq!(&seen[..3], ["P8", "P7", "P6"], "newest first");
     }
 
+    /// A direct message's body is stored once for both timelines, a group message's once for
+    /// all its members; each timeline row keeps its own status.
+    #[tokio::test]
+    async fn one_body_per_message() {
+        let (_dir, store) = temp_store().await;
+        let m = serde_json::json!({"message_id": "g1", "timestamp": 5, "text": "hi all", "status": 100,
+            "sender": "A", "recipient": "G"});
+        let sealed = Sealed::new(Message::from_fields(m.as_object().unwrap().clone()));
+        let copy_for = |t: &str| TimelineCopy {
+            app: "a".into(),
+            timeline_of: t.into(),
+            convers_with: "G".into(),
+            is_new: t != "A",
+            message: sealed.clone(),
+            received_ms: 5,
+        };
+        let mut writes = Vec::new();
+        for t in ["A", "M1", "M2", "G"] {
+            writes.extend(stored(&copy_for(t)));
+        }
+        apply(&store, &writes).await;
+        let count = |table: &'static str| {
+            let pool = store.pool.clone();
+            async move {
+                sqlx::query(&format!("SELECT COUNT(*) FROM {table}"))
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+                    .try_get::<i64, _>(0)
+                    .unwrap()
+            }
+        };
+        assert_eq!(
+            (
+                count("messages").await,
+                count("timeline").await,
+                count("conversations").await
+            ),
+            (1, 4, 4)
+        );
+        let receipt = Write::Receipt {
+            app: "a".into(),
+            reader: "M1".into(),
+            convers_with: "G".into(),
+            message_id: "g1".into(),
+        };
+        apply(&store, &[receipt]).await;
+        let (app, g) = (AppId::from("a"), UserId::from("G"));
+        let read = store.history(&app, &"M1".into(), &g, None, 10).await.unwrap();
+        assert_eq!((read[0].status, read[0].message.status()), (200, Some(200)));
+        let other = store.history(&app, &"M2".into(), &g, None, 10).await.unwrap();
+        assert_eq!(other[0].message.status(), Some(100), "the first copy's, untouched");
+        assert_eq!(other[0].message.text(), Some("hi all"));
+    }
+
+    /// A message id is an idempotency key per sender (issue 11): another user's message with
+    /// the same id, to the same recipient or group, is another message — never taken for a
+    /// duplicate, never shadowing the first.
+    #[tokio::test]
+    async fn message_ids_are_per_sender() {
+        let (_dir, store) = temp_store().await;
+        let from = |sender: &str, to: &str, timeline: &str, with: &str, text: &str| {
+            let m = serde_json::json!({"message_id": "same", "timestamp": 7, "text": text, "status": 150,
+                "sender": sender, "recipient": to});
+            TimelineCopy {
+                app: "a".into(),
+                timeline_of: timeline.into(),
+                convers_with: with.into(),
+                is_new: true,
+                message: Sealed::new(Message::from_fields(m.as_object().unwrap().clone())),
+                received_ms: 7,
+            }
+        };
+        let mut writes = stored(&from("A", "B", "B", "A", "from A"));
+        writes.extend(stored(&from("C", "B", "B", "C", "from C")));
+        writes.extend(stored(&from("A", "G", "G", "G", "A in G")));
+        writes.extend(stored(&from("C", "G", "G", "G", "C in G")));
+        apply(&store, &writes).await;
+        let (app, b, g) = (AppId::from("a"), UserId::from("B"), UserId::from("G"));
+        let text = |v: Vec<StoredMessage>| {
+            v.iter()
+                .map(|m| m.message.text().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            text(store.history(&app, &b, &"A".into(), None, 10).await.unwrap()),
+            ["from A"]
+        );
+        assert_eq!(
+            text(store.history(&app, &b, &"C".into(), None, 10).await.unwrap()),
+            ["from C"]
+        );
+        let mut in_group = text(store.history(&app, &g, &g, None, 10).await.unwrap());
+        in_group.sort();
+        assert_eq!(in_group, ["A in G", "C in G"]);
+    }
+
     /// Rows a person or another program broke are errors, never defaults.
     #[tokio::test]
     async fn corrupt_rows_are_errors() {
@@ -618,11 +719,11 @@ mod tests {
             .execute(&store.pool)
             .await
             .unwrap();
-        sqlx::query("UPDATE conversations SET body = '[1]'")
-            .execute(&store.pool)
-            .await
-            .unwrap();
         let corrupt = |e: StoreError| matches!(e, StoreError::Corrupt { .. }) && !e.is_transient();
+        assert!(corrupt(store.messages("A", "B", 10).await.unwrap_err()));
+        assert!(corrupt(store.conversations("A", false).await.unwrap_err()));
+        // A body that is gone is an error too, never a row left out.
+        sqlx::query("DELETE FROM messages").execute(&store.pool).await.unwrap();
         assert!(corrupt(store.messages("A", "B", 10).await.unwrap_err()));
         assert!(corrupt(store.conversations("A", false).await.unwrap_err()));
         let g = Group::from_object(&"app".into(), serde_json::json!({"uid":"g"}).as_object().unwrap(), 1).unwrap();
@@ -657,7 +758,7 @@ mod tests {
         };
         assert!(apply(&store, &[receipt]).await.take(0..1).is_empty());
         apply(&store, &stored(&copy("A", "B", "m1", 1, "x", true))).await;
-        sqlx::query("UPDATE conversations SET body = 'broken'")
+        sqlx::query("UPDATE messages SET body = 'broken'")
             .execute(&store.pool)
             .await
             .unwrap();

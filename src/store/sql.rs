@@ -1,5 +1,5 @@
 //! What every table's statements share: placeholders for both dialects, statement sizes,
-//! reading booleans, writing JSON.
+//! reading booleans, writing JSON, binding user text.
 
 use serde_json::{Map, Value};
 use sqlx::any::AnyRow;
@@ -8,26 +8,6 @@ use sqlx::Row;
 pub(super) type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 
 pub(super) type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
-
-/// Bind what every stored copy of a message fills, in this order: timeline_of,
-/// convers_with, app_id, message_id, sender, recipient, status, timestamp, text, type,
-/// channel_type — the first eleven columns of both the `messages` and the `conversations`
-/// inserts, in this order (the text column is `last_message_text` in `conversations`).
-pub(super) fn bind_copy<'q>(q: Query<'q>, c: &'q crate::plan::TimelineCopy) -> Query<'q> {
-    let m = c.message();
-    let q = q
-        .bind(c.timeline_of.as_str())
-        .bind(c.convers_with.as_str())
-        .bind(c.app.as_str())
-        .bind(m.message_id().unwrap_or_default())
-        .bind(m.sender())
-        .bind(m.recipient())
-        .bind(m.status().unwrap_or_default())
-        .bind(m.timestamp());
-    let q = bind_text(q, m.text());
-    let q = bind_text(q, m.kind());
-    bind_text(q, m.channel_type())
-}
 
 /// Bind a user's text as a column can hold it. PostgreSQL's `text` cannot hold U+0000 (the
 /// whole statement fails, and would fail again on every retry), so in the columns derived

@@ -554,7 +554,7 @@ async fn a_poison_input_is_dead_lettered_and_the_rest_commits(db: Db) {
             let pool = sqlx::PgPool::connect(&e.database_url).await.unwrap();
             for sql in [
                 "CREATE FUNCTION refuse_poison() RETURNS trigger AS $$ BEGIN \
-                 IF NEW.text = 'poison' THEN RAISE EXCEPTION 'poison text' USING ERRCODE = '22023'; END IF; \
+                 IF NEW.body::json->>'text' = 'poison' THEN RAISE EXCEPTION 'poison text' USING ERRCODE = '22023'; END IF; \
                  RETURN NEW; END $$ LANGUAGE plpgsql",
                 "CREATE TRIGGER refuse_poison BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
             ] {
@@ -564,7 +564,7 @@ async fn a_poison_input_is_dead_lettered_and_the_rest_commits(db: Db) {
         Db::Sqlite => {
             let pool = sqlx::SqlitePool::connect(&e.database_url).await.unwrap();
             sqlx::query(
-                "CREATE TRIGGER refuse_poison BEFORE INSERT ON messages WHEN NEW.text = 'poison' \
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON messages WHEN json_extract(NEW.body, '$.text') = 'poison' \
                  BEGIN SELECT RAISE(ABORT, 'poison text'); END",
             )
             .execute(&pool)
@@ -668,7 +668,9 @@ async fn two_apps_share_one_database_safely() {
     // The copies are published before their commit ends: wait for both rows.
     let rows = eventually("both apps' rows", || async {
         let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT app_id, text FROM messages WHERE timeline_of = $1 AND message_id = 'same-id' ORDER BY app_id",
+            "SELECT t.app_id, m.body::json->>'text' FROM timeline t JOIN messages m ON m.app_id = t.app_id \
+             AND m.sender = t.sender AND m.recipient = t.recipient AND m.message_id = t.message_id \
+             WHERE t.timeline_of = $1 AND t.message_id = 'same-id' ORDER BY t.app_id",
         )
         .bind(&u2)
         .fetch_all(&pool)
