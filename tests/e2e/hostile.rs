@@ -219,3 +219,79 @@ async fn a_refused_publish_is_retried_with_backoff_not_in_a_loop() {
     })
     .await;
 }
+
+/// A message id is an idempotency key per sender (issue 11): a user who sends first with the
+/// id another user will use (here: in the recipient's conversation with each, and in a group
+/// both belong to) takes nothing from the other — both messages arrive, and both are in the
+/// recipient's history, each in its own conversation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_id_cannot_be_taken_from_another_sender() {
+    let b = broker();
+    let e = engine_task_with(b, Db::Sqlite, &[]).await;
+    let (victim, thief, reader) = (fresh("u"), fresh("u"), fresh("u"));
+    let mut cl = inboxes(b, &e, &[&victim, &thief, &reader]).await;
+    let id = fresh("id");
+    // The thief first, then the victim, the same id, to the same reader.
+    send(
+        &mut cl[1],
+        &e,
+        &reader,
+        serde_json::json!({"text": "thief's", "message_id": id}),
+    )
+    .await;
+    let (_, m) = one(&mut cl[2], &e).await;
+    assert_eq!(m["text"], "thief's");
+    send(
+        &mut cl[0],
+        &e,
+        &reader,
+        serde_json::json!({"text": "victim's", "message_id": id}),
+    )
+    .await;
+    let (_, m) = one(&mut cl[2], &e).await;
+    assert_eq!(
+        (m["text"].as_str(), m["sender"].as_str()),
+        (Some("victim's"), Some(victim.as_str()))
+    );
+    // An inline group of all three: the thief's copy of the id does not shadow the victim's.
+    let group = fresh("group-");
+    let members = serde_json::json!({&victim: 1, &thief: 1, &reader: 1});
+    for (i, text) in [(1, "thief in group"), (0, "victim in group")] {
+        let body =
+            serde_json::json!({"text": text, "message_id": id, "channel_type": "group", "group": {"members": members}});
+        send(&mut cl[i], &e, &group, body).await;
+        let (_, m) = one(&mut cl[2], &e).await;
+        assert_eq!(m["text"], text);
+    }
+    let store = open_store(&e.database_url).await;
+    let app = chat21_engine::domain::AppId::parse(&e.app).unwrap();
+    let uid = |s: &str| chat21_engine::domain::UserId::parse(s).unwrap();
+    let history = |with: String| {
+        let (store, app, reader, uid) = (&store, &app, reader.clone(), &uid);
+        async move {
+            eventually("committed", || async {
+                let page = store.history(app, &uid(&reader), &uid(&with), None, 10).await.unwrap();
+                (!page.is_empty()).then_some(page)
+            })
+            .await
+            .iter()
+            .map(|m| m.message.text().unwrap().to_owned())
+            .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(history(victim.clone()).await, ["victim's"]);
+    assert_eq!(history(thief.clone()).await, ["thief's"]);
+    let mut in_group = eventually("both group copies committed", || async {
+        let page = store
+            .history(&app, &uid(&reader), &uid(&group), None, 10)
+            .await
+            .unwrap();
+        (page.len() == 2).then_some(page)
+    })
+    .await
+    .iter()
+    .map(|m| m.message.text().unwrap().to_owned())
+    .collect::<Vec<_>>();
+    in_group.sort();
+    assert_eq!(in_group, ["thief in group", "victim in group"]);
+}
