@@ -174,10 +174,10 @@ pub async fn run(engine: Arc<Engine>, shutdown: CancellationToken) -> anyhow::Re
         .collect();
     tokio::spawn(housekeeping(engine.clone(), shutdown.clone()));
     let store = open_store(&engine, &shutdown).await;
-    if let (Some(backend), Some(shared)) = (&engine.config.store, &store) {
+    if let Some(shared) = &store {
         // The API reads through a pool of its own, so a burst of history reads never takes
         // the connections the pipeline's lookups and the group commit need.
-        let for_api = match store::Store::open(backend).await {
+        let for_api = match shared.with_own_reads() {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "no separate store pool for the HTTP API; it shares the engine's");

@@ -324,7 +324,7 @@ async fn seed(url: &str, app: &str, args: &Args) -> Result<(), Box<dyn std::erro
     };
     let bodies = |i: &str| {
         format!(
-            "CAST($3 AS TEXT), 'v' || ({i} % $2), 'u' || ({i} % $2), 'm' || {i}, {}",
+            "CAST($3 AS TEXT), 'u' || ({i} % $2), 'm' || {i}, 'v' || ({i} % $2), 1700000000000 + {i} / 3, {}",
             body(i)
         )
     };
@@ -336,7 +336,7 @@ async fn seed(url: &str, app: &str, args: &Args) -> Result<(), Box<dyn std::erro
     };
     let tables = [
         (
-            "messages (app_id, sender, recipient, message_id, body)",
+            "messages (app_id, recipient, message_id, sender, timestamp, body)",
             &bodies as &dyn Fn(&str) -> String,
         ),
         (

@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::messages::body_key;
+use super::messages::BodyKey;
 use crate::plan::{TimelineCopy, Write};
 
 /// A write's place in its batch.
@@ -31,17 +31,19 @@ impl<'a> Batch<'a> {
         for (i, w) in writes.iter().enumerate() {
             match w {
                 Write::Message(c) => {
-                    let (app, sender, _, id) = body_key(c);
-                    if seen.insert((app, c.timeline_of.as_str(), c.convers_with.as_str(), id, sender)) {
+                    // The timestamp is left out on purpose: a message redelivered within the
+                    // batch may be stamped again, and is still the same.
+                    let k = BodyKey::of(c);
+                    if seen.insert((k, c.timeline_of.as_str(), c.convers_with.as_str())) {
                         b.messages.push((i, c));
                     }
-                    if bodies.insert(body_key(c)) {
+                    if bodies.insert(k) {
                         b.bodies.push(c);
                     }
                 }
                 Write::Conversation(c) => {
                     // A conversation's last message has its body even without a timeline row.
-                    if bodies.insert(body_key(c)) {
+                    if bodies.insert(BodyKey::of(c)) {
                         b.bodies.push(c);
                     }
                     match conv_index.get(&(c.app.as_str(), c.timeline_of.as_str(), c.convers_with.as_str())) {

@@ -6,7 +6,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::batch::WriteIndex;
-use super::messages::body_key;
+use super::messages::BodyKey;
 use super::sql::{get_bool, json_object, placeholders, Dialect, Tx};
 use super::{Cursor, StoreError};
 use crate::domain::{AppId, Conversation, Message, UserId};
@@ -18,8 +18,8 @@ const COLUMNS: &str = "c.timeline_of, c.convers_with, c.status, m.body, \
      CAST(CASE WHEN c.archived THEN 1 ELSE 0 END AS BIGINT) AS archived";
 
 /// Conversations, each joined with its last message's body by the body's key.
-const FROM: &str = "FROM conversations c LEFT JOIN messages m ON m.app_id = c.app_id AND m.sender = c.sender \
-     AND m.recipient = c.recipient AND m.message_id = c.message_id";
+const FROM: &str = "FROM conversations c LEFT JOIN messages m ON m.app_id = c.app_id AND m.recipient = c.recipient \
+     AND m.message_id = c.message_id AND m.sender = c.sender";
 
 /// Which of these copies will un-archive their conversation: it is archived and the copy is
 /// not older than its last message (older ones do not touch the row). Returns the writes that
@@ -94,14 +94,14 @@ pub(super) async fn upsert(
     );
     let mut q = sqlx::query(&sql);
     for (_, c) in rows {
-        let (app, sender, recipient, id) = body_key(c);
+        let k = BodyKey::of(c);
         q = q
             .bind(c.timeline_of.as_str())
             .bind(c.convers_with.as_str())
-            .bind(app)
-            .bind(id)
-            .bind(sender)
-            .bind(recipient)
+            .bind(k.app)
+            .bind(k.message_id)
+            .bind(k.sender)
+            .bind(k.recipient)
             .bind(c.message().status().unwrap_or_default())
             .bind(c.is_new)
             .bind(c.received_ms);

@@ -21,37 +21,61 @@ pub struct StoredMessage {
     pub message: Message,
 }
 
-/// Where a copy's body is kept: `messages` is keyed by (app, sender, recipient, message id),
+/// Where a copy's body is kept. `messages` is keyed by (app, recipient, message id, sender),
 /// so a message id is an idempotency key per sender and conversation — another user's
 /// message with the same id is another message.
-pub(super) fn body_key(c: &TimelineCopy) -> (&str, &str, &str, &str) {
-    let m = c.message();
-    (
-        c.app.as_str(),
-        m.sender().unwrap_or_default(),
-        m.recipient().unwrap_or_default(),
-        m.message_id().unwrap_or_default(),
-    )
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct BodyKey<'a> {
+    pub app: &'a str,
+    pub recipient: &'a str,
+    pub message_id: &'a str,
+    pub sender: &'a str,
 }
 
-/// The bodies of these copies (one per key: the batch deduplicates them), each written once
-/// whatever the number of timelines it lands in; the first one stored wins. The body is the
-/// JSON the copy was published with, not serialised again; its `status` is the first copy's
-/// and is replaced on read by the status of the timeline or conversation that reads it.
+impl<'a> BodyKey<'a> {
+    pub fn of(c: &'a TimelineCopy) -> BodyKey<'a> {
+        let m = c.message();
+        BodyKey {
+            app: c.app.as_str(),
+            recipient: m.recipient().unwrap_or_default(),
+            message_id: m.message_id().unwrap_or_default(),
+            sender: m.sender().unwrap_or_default(),
+        }
+    }
+}
+
+/// A body key as a row gives it back.
+pub(super) type OwnedBodyKey = (String, String, String, String);
+
+pub(super) fn owned(k: BodyKey<'_>) -> OwnedBodyKey {
+    (k.app.into(), k.recipient.into(), k.message_id.into(), k.sender.into())
+}
+
+/// Store the bodies of these copies (one per key: the batch deduplicates them), each once
+/// whatever the number of timelines it lands in; a body already stored stays as it is.
+/// Returns the keys that were new. The body is the JSON the copy was published with, not
+/// serialised again; its `status` is the first copy's and is replaced on read by the status
+/// of the timeline or conversation that reads it.
 pub(super) async fn insert_bodies(
     tx: &mut Tx<'_>,
     dialect: Dialect,
     rows: &[&TimelineCopy],
-) -> Result<(), sqlx::Error> {
+) -> Result<Vec<OwnedBodyKey>, sqlx::Error> {
     let sql = format!(
-        "INSERT INTO messages (app_id, sender, recipient, message_id, body) VALUES {} \
-         ON CONFLICT (app_id, sender, recipient, message_id) DO NOTHING",
-        placeholders(dialect, rows.len(), 5, None)
+        "INSERT INTO messages (app_id, recipient, message_id, sender, timestamp, body) VALUES {} \
+         ON CONFLICT (app_id, recipient, message_id, sender) DO NOTHING \
+         RETURNING app_id, recipient, message_id, sender",
+        placeholders(dialect, rows.len(), 6, None)
     );
     let mut q = sqlx::query(&sql);
     for c in rows {
-        let (app, sender, recipient, id) = body_key(c);
-        q = q.bind(app).bind(sender).bind(recipient).bind(id);
+        let k = BodyKey::of(c);
+        q = q
+            .bind(k.app)
+            .bind(k.recipient)
+            .bind(k.message_id)
+            .bind(k.sender)
+            .bind(c.message().timestamp());
         q = match std::str::from_utf8(c.message.json()) {
             Ok(body) => q.bind(body),
             // serde_json writes nothing but UTF-8; should that ever not hold, the fields
@@ -59,72 +83,116 @@ pub(super) async fn insert_bodies(
             Err(_) => q.bind(json(c.message().fields())),
         };
     }
-    q.execute(&mut **tx).await?;
-    Ok(())
+    q.fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+        .collect()
 }
 
-/// One timeline row per copy; a second copy of the same (timeline, conversation, message
-/// id, sender) is a no-op (a redelivered input).
+/// The timestamp a message was first stored with, if its body is stored: a redelivered input
+/// is stamped again (the engine's clock, when the client gave none), and its timeline rows
+/// must land on the first ones' keys to be recognised as the same.
+pub(super) async fn stored_timestamp(tx: &mut Tx<'_>, k: BodyKey<'_>) -> Result<Option<i64>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT timestamp FROM messages WHERE app_id = $1 AND recipient = $2 AND message_id = $3 AND sender = $4",
+    )
+    .bind(k.app)
+    .bind(k.recipient)
+    .bind(k.message_id)
+    .bind(k.sender)
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.map(|r| r.try_get(0)).transpose()
+}
+
+/// The timeline timestamp of each body in a batch: the stored one for bodies stored before,
+/// else the first copy's.
+pub(super) type Timestamps<'a> = std::collections::HashMap<BodyKey<'a>, i64>;
+
+/// One timeline row per copy, keyed in history order; a second copy of the same (timeline,
+/// conversation, timestamp, message id, sender) is a no-op (a redelivered input, whose
+/// timestamp `timestamps` gives as first stored).
 pub(super) async fn insert(
     tx: &mut Tx<'_>,
     dialect: Dialect,
     rows: &[(WriteIndex, &TimelineCopy)],
+    timestamps: &Timestamps<'_>,
 ) -> Result<(), sqlx::Error> {
     let sql = format!(
-        "INSERT INTO timeline (app_id, timeline_of, convers_with, message_id, sender, recipient, status, timestamp) \
-         VALUES {} ON CONFLICT (app_id, timeline_of, convers_with, message_id, sender) DO NOTHING",
+        "INSERT INTO timeline (app_id, timeline_of, convers_with, timestamp, message_id, sender, recipient, status) \
+         VALUES {} ON CONFLICT (app_id, timeline_of, convers_with, timestamp, message_id, sender) DO NOTHING",
         placeholders(dialect, rows.len(), 8, None)
     );
     let mut q = sqlx::query(&sql);
     for (_, c) in rows {
         let m = c.message();
-        let (app, sender, recipient, id) = body_key(c);
+        let k = BodyKey::of(c);
+        let at = timestamps.get(&k).copied().unwrap_or_else(|| m.timestamp());
         q = q
-            .bind(app)
+            .bind(k.app)
             .bind(c.timeline_of.as_str())
             .bind(c.convers_with.as_str())
-            .bind(id)
-            .bind(sender)
-            .bind(recipient)
-            .bind(m.status().unwrap_or_default())
-            .bind(m.timestamp());
+            .bind(at)
+            .bind(k.message_id)
+            .bind(k.sender)
+            .bind(k.recipient)
+            .bind(m.status().unwrap_or_default());
     }
     q.execute(&mut **tx).await?;
     Ok(())
 }
 
-/// Only ever raise a status, and only where the row exists in that conversation: a late 200
-/// never downgrades a 250 or 300, and a receipt for an unknown message leaves no stub row
-/// (fix D7). `sender`: only that sender's message of this id (none: every sender's).
-async fn raise_status(
-    tx: &mut Tx<'_>,
-    app: &AppId,
-    timeline_of: &str,
-    convers_with: &str,
-    message_id: &str,
-    sender: &str,
-    status: i64,
-) -> Result<(), sqlx::Error> {
+/// A timeline row's key.
+struct Entry<'a> {
+    app: &'a AppId,
+    timeline_of: &'a str,
+    convers_with: &'a str,
+    timestamp: i64,
+    message_id: &'a str,
+    sender: &'a str,
+}
+
+/// Only ever raise a status, and only where the row exists: a late 200 never downgrades a
+/// 250 or 300, and a receipt for an unknown message leaves no stub row (fix D7).
+async fn raise_status(tx: &mut Tx<'_>, e: &Entry<'_>, status: i64) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE timeline SET status = $1 \
-         WHERE app_id = $2 AND timeline_of = $3 AND convers_with = $4 AND message_id = $5 AND sender = $6 \
-         AND status < $1",
+        "UPDATE timeline SET status = $1 WHERE app_id = $2 AND timeline_of = $3 AND convers_with = $4 \
+         AND timestamp = $5 AND message_id = $6 AND sender = $7 AND status < $1",
     )
     .bind(status)
-    .bind(app.as_str())
-    .bind(timeline_of)
-    .bind(convers_with)
-    .bind(message_id)
-    .bind(sender)
+    .bind(e.app.as_str())
+    .bind(e.timeline_of)
+    .bind(e.convers_with)
+    .bind(e.timestamp)
+    .bind(e.message_id)
+    .bind(e.sender)
     .execute(&mut **tx)
     .await?;
     Ok(())
 }
 
+async fn exists(tx: &mut Tx<'_>, e: &Entry<'_>) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT 1 FROM timeline WHERE app_id = $1 AND timeline_of = $2 AND convers_with = $3 \
+         AND timestamp = $4 AND message_id = $5 AND sender = $6",
+    )
+    .bind(e.app.as_str())
+    .bind(e.timeline_of)
+    .bind(e.convers_with)
+    .bind(e.timestamp)
+    .bind(e.message_id)
+    .bind(e.sender)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.is_some())
+}
+
 /// A receipt by `reader` for `message_id` of its conversation with `convers_with` (§5; see
 /// [`Write::Receipt`](crate::plan::Write::Receipt)). Nothing happens unless the reader's own
 /// timeline holds someone else's message of that id in that conversation. Returns whom to
-/// tell.
+/// tell. Point lookups only: the body by its key gives the timestamp, which completes the
+/// timeline rows' keys.
 pub(super) async fn receipt(
     tx: &mut Tx<'_>,
     app: &AppId,
@@ -132,41 +200,57 @@ pub(super) async fn receipt(
     convers_with: &UserId,
     message_id: &MessageId,
 ) -> Result<Option<ReceiptNotice>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT sender FROM timeline WHERE app_id = $1 AND timeline_of = $2 AND convers_with = $3 AND message_id = $4",
+    // Direct: the partner's message to the reader.
+    let direct = sqlx::query(
+        "SELECT sender, timestamp FROM messages WHERE app_id = $1 AND recipient = $2 AND message_id = $3 AND sender = $4",
     )
     .bind(app.as_str())
     .bind(reader.as_str())
-    .bind(convers_with.as_str())
     .bind(message_id.as_str())
-    .fetch_all(&mut **tx)
+    .bind(convers_with.as_str())
+    .fetch_optional(&mut **tx)
     .await?;
-    let senders = rows
-        .iter()
-        .map(|r| r.try_get::<String, _>("sender"))
-        .collect::<Result<Vec<String>, _>>()?;
-    // The message the receipt is about: in a direct conversation the partner's (one's own
-    // tells nobody); in a group, the one other member's of that id. Ids are per sender, so
-    // a group may hold two senders' messages of one id: the receipt cannot say which, and is
-    // applied to the first.
-    let Some(sender) = senders
-        .iter()
-        .find(|s| *s == convers_with.as_str())
-        .or_else(|| senders.iter().find(|s| *s != reader.as_str()))
-    else {
-        // Not in the reader's timeline there, or only the reader's own message.
+    let found = match direct {
+        Some(r) => Some(r),
+        // A group's: another member's message to the group. Ids are per sender, so a group
+        // may hold two senders' messages of one id: the receipt cannot say which, and is
+        // applied to the first.
+        None => {
+            sqlx::query(
+                "SELECT sender, timestamp FROM messages WHERE app_id = $1 AND recipient = $2 AND message_id = $3 \
+                 AND sender <> $4 ORDER BY sender LIMIT 1",
+            )
+            .bind(app.as_str())
+            .bind(convers_with.as_str())
+            .bind(message_id.as_str())
+            .bind(reader.as_str())
+            .fetch_optional(&mut **tx)
+            .await?
+        }
+    };
+    let Some(row) = found else {
         return Ok(None);
     };
-    raise_status(tx, app, reader, convers_with, message_id, sender, status::RECEIVED).await?;
+    let (sender, timestamp): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
+    let entry = |timeline_of, convers_with| Entry {
+        app,
+        timeline_of,
+        convers_with,
+        timestamp,
+        message_id: message_id.as_str(),
+        sender: &sender,
+    };
+    let own = entry(reader.as_str(), convers_with.as_str());
+    if !exists(tx, &own).await? {
+        // Not in the reader's timeline there: someone else's message (issue 11).
+        return Ok(None);
+    }
+    raise_status(tx, &own, status::RECEIVED).await?;
     if sender == convers_with.as_str() {
         // Direct: the sender's own copy, in its conversation with the reader.
         raise_status(
             tx,
-            app,
-            convers_with,
-            reader,
-            message_id,
-            sender,
+            &entry(convers_with.as_str(), reader.as_str()),
             status::RETURN_RECEIPT,
         )
         .await?;
@@ -180,33 +264,20 @@ pub(super) async fn receipt(
     // A group's: `convers_with` is the group. Inside a write: failing here would fail the
     // whole batch on every retry, and a sender that is not an id (a replayed message carries
     // its sender unchecked) cannot be told anyway.
-    let Ok(sender) = UserId::parse(sender) else {
+    let Ok(sender_id) = UserId::parse(&sender) else {
         tracing::error!(group = %convers_with, message_id = %message_id, sender, "stored sender is not an id; receipt not passed on");
         return Ok(None);
     };
     raise_status(
         tx,
-        app,
-        convers_with,
-        convers_with,
-        message_id,
-        &sender,
+        &entry(convers_with.as_str(), convers_with.as_str()),
         status::RETURN_RECEIPT,
     )
     .await?;
-    raise_status(
-        tx,
-        app,
-        &sender,
-        convers_with,
-        message_id,
-        &sender,
-        status::RETURN_RECEIPT,
-    )
-    .await?;
+    raise_status(tx, &entry(&sender, convers_with.as_str()), status::RETURN_RECEIPT).await?;
     Ok(Some(ReceiptNotice {
         app: app.clone(),
-        to: sender,
+        to: sender_id,
         convers_with: convers_with.clone(),
         message_id: message_id.clone(),
     }))
@@ -215,8 +286,8 @@ pub(super) async fn receipt(
 /// What history reads select: the timeline row and its message's body (NULL when missing,
 /// which [`message_row`] reports as corrupt rather than dropping the row).
 const SELECT: &str = "SELECT t.timeline_of, t.convers_with, t.message_id, t.status, t.timestamp, m.body \
-     FROM timeline t LEFT JOIN messages m ON m.app_id = t.app_id AND m.sender = t.sender \
-     AND m.recipient = t.recipient AND m.message_id = t.message_id";
+     FROM timeline t LEFT JOIN messages m ON m.app_id = t.app_id AND m.recipient = t.recipient \
+     AND m.message_id = t.message_id AND m.sender = t.sender";
 
 /// A page of a conversation's history in every app (tests and tools), newest first: at most
 /// `limit` messages older than `before` (epoch ms; `None`: from the newest).
@@ -241,7 +312,7 @@ pub(super) async fn page(
 }
 
 /// A page of `app`'s conversation history, newest first: at most `limit` messages before
-/// `cursor` (from the newest without one). An index range scan (`timeline_history`), then
+/// `cursor` (from the newest without one). A range scan of the timeline's primary key, then
 /// each body by its key.
 pub(super) async fn history(
     pool: &sqlx::AnyPool,

@@ -57,6 +57,16 @@ pub enum StoreError {
     },
 }
 
+impl Connect {
+    /// A read pool, connected on first use.
+    fn reads(&self) -> Result<AnyPool, StoreError> {
+        Ok(AnyPoolOptions::new()
+            .max_connections(self.max_reads)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy(&self.url)?)
+    }
+}
+
 impl StoreError {
     /// Worth retrying: the database may answer next time. A corrupt row stays corrupt.
     pub fn is_transient(&self) -> bool {
@@ -84,12 +94,31 @@ impl StoreError {
     }
 }
 
-/// A connected store.
+/// A connected store: a pool for reads, and one connection for the group commit.
 #[derive(Clone)]
 pub struct Store {
+    /// Lookups and reads.
     pool: AnyPool,
+    /// The writer's own connection: commits are sequential anyway (one writer task), and on
+    /// SQLite a connection that every commit goes through keeps its page cache warm — with a
+    /// pool, each commit's connection found its cache invalidated by the previous commit on
+    /// another connection and read the pages again.
+    writes: AnyPool,
+    connect: Connect,
     dialect: Dialect,
 }
+
+/// How to open more connections to the same database.
+#[derive(Clone)]
+struct Connect {
+    url: String,
+    max_reads: u32,
+}
+
+/// SQLite page cache of the writer's connection, in KiB: the pages of the timeline,
+/// conversation and body B-trees that every commit touches stay in memory. Readers keep
+/// SQLite's default (2 MiB each, allocated as used).
+const SQLITE_WRITER_CACHE_KIB: i64 = 8 * 1024;
 
 /// What a committed batch revealed, by the write that revealed it.
 #[derive(Debug, Default)]
@@ -119,7 +148,7 @@ impl Store {
     /// Connect (creating the SQLite file and its directory on first run) and migrate.
     pub async fn open(database: &Database) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
-        let (url, max, dialect) = match database {
+        let (url, max_reads, dialect) = match database {
             Database::Sqlite { path } => {
                 if let Some(dir) = std::path::Path::new(path)
                     .parent()
@@ -127,22 +156,53 @@ impl Store {
                 {
                     std::fs::create_dir_all(dir).map_err(|e| StoreError::Url(format!("{}: {e}", dir.display())))?;
                 }
-                // One writer at a time is how SQLite works; readers use the other connections.
-                (format!("sqlite://{path}?mode=rwc"), 4, Dialect::Sqlite)
+                // WAL: readers never block the writer (and each other).
+                (format!("sqlite://{path}?mode=rwc"), 3, Dialect::Sqlite)
             }
-            Database::Postgres { url } => (url.expose().to_owned(), 8, Dialect::Postgres),
+            Database::Postgres { url } => (url.expose().to_owned(), 7, Dialect::Postgres),
         };
-        let pool = AnyPoolOptions::new()
-            .max_connections(max)
+        let writes = AnyPoolOptions::new()
+            .max_connections(1)
             .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if dialect == Dialect::Sqlite {
+                        // FULL: a commit is on disk before the inputs it holds are acked, so an
+                        // acked input survives a power loss too (NORMAL would risk the last
+                        // commits for a few µs of fsync CPU; the fsync's wait is hidden by
+                        // the group commit).
+                        sqlx::query("PRAGMA synchronous = FULL").execute(&mut *conn).await?;
+                        sqlx::query(&format!("PRAGMA cache_size = -{SQLITE_WRITER_CACHE_KIB}"))
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(&url)
             .await?;
         if dialect == Dialect::Sqlite {
-            // WAL: readers never block the writer; the setting is kept in the file.
-            sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await?;
+            // Kept in the file: every later connection opens in WAL mode.
+            sqlx::query("PRAGMA journal_mode=WAL").execute(&writes).await?;
         }
-        MIGRATOR.run(&pool).await?;
-        Ok(Store { pool, dialect })
+        MIGRATOR.run(&writes).await?;
+        let connect = Connect { url, max_reads };
+        let pool = connect.reads()?;
+        Ok(Store {
+            pool,
+            writes,
+            connect,
+            dialect,
+        })
+    }
+
+    /// The same store with a read pool of its own (the HTTP API's, so a burst of reads never
+    /// takes the connections the message flow's lookups need); writes share the one writer.
+    pub fn with_own_reads(&self) -> Result<Store, StoreError> {
+        Ok(Store {
+            pool: self.connect.reads()?,
+            ..self.clone()
+        })
     }
 
     pub fn backend(&self) -> Dialect {
@@ -159,18 +219,35 @@ impl Store {
     pub async fn apply(&self, writes: &[&Write]) -> Result<Applied, StoreError> {
         let batch = Batch::of(writes);
         let mut applied = Applied::default();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writes.begin().await?;
         let d = self.dialect;
         for chunk in sql::statement_chunks(&batch.conversations) {
             for (at, conv) in conversations::unarchived_by(&mut tx, d, chunk).await? {
                 applied.add(at, |c| c.unarchived.push(conv));
             }
         }
+        let mut fresh = HashSet::new();
         for chunk in sql::statement_chunks(&batch.bodies) {
-            messages::insert_bodies(&mut tx, d, chunk).await?;
+            fresh.extend(messages::insert_bodies(&mut tx, d, chunk).await?);
+        }
+        // A body that was stored before (a redelivered input, a history replay) keeps its
+        // first timestamp, and so do its new timeline rows: a point lookup each, off the hot
+        // path.
+        let mut timestamps = messages::Timestamps::new();
+        for c in &batch.bodies {
+            let k = messages::BodyKey::of(c);
+            let at = if fresh.contains(&messages::owned(k)) {
+                c.message().timestamp()
+            } else {
+                // Not inserted, so stored: within the transaction it cannot be gone.
+                messages::stored_timestamp(&mut tx, k)
+                    .await?
+                    .unwrap_or(c.message().timestamp())
+            };
+            timestamps.insert(k, at);
         }
         for chunk in sql::statement_chunks(&batch.messages) {
-            messages::insert(&mut tx, d, chunk).await?;
+            messages::insert(&mut tx, d, chunk, &timestamps).await?;
         }
         for chunk in sql::statement_chunks(&batch.conversations) {
             conversations::upsert(&mut tx, d, chunk).await?;
@@ -317,6 +394,7 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writes.close().await;
     }
 }
 
@@ -653,6 +731,15 @@ mod tests {
             ),
             (1, 4, 4)
         );
+        // Redelivered and stamped again by the engine's clock: the same message, no new rows.
+        let mut again = m.as_object().unwrap().clone();
+        again.insert("timestamp".into(), 99.into());
+        let restamped = TimelineCopy {
+            message: Sealed::new(Message::from_fields(again)),
+            ..copy_for("M1")
+        };
+        apply(&store, &[Write::Message(restamped)]).await;
+        assert_eq!((count("messages").await, count("timeline").await), (1, 4));
         let receipt = Write::Receipt {
             app: "a".into(),
             reader: "M1".into(),
@@ -838,7 +925,9 @@ mod tests {
     async fn receipts_are_checked_against_the_readers_timeline() {
         let (_dir, store) = temp_store().await;
         let msg = |timeline: &str, with: &str, id: &str, sender: &str, status: i64| {
-            let m = serde_json::json!({"message_id": id, "sender": sender, "timestamp": 1, "status": status});
+            // As the engine stamps them: "g" to the group G, "d" to R.
+            let recipient = if id == "g" { "G" } else { "R" };
+            let m = serde_json::json!({"message_id": id, "sender": sender, "recipient": recipient, "timestamp": 1, "status": status});
             Write::Message(TimelineCopy {
                 app: "a".into(),
                 timeline_of: timeline.into(),
