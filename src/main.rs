@@ -40,20 +40,7 @@ enum Command {
     Migrate,
 }
 
-/// Two malloc arenas, not glibc's default of 8 per core: the engine frees on one thread what
-/// another allocated (AMQP I/O, tokio workers, SQLite's worker), and every extra arena keeps
-/// its own freed memory resident — peak RSS is a goal (README, performance). Before any
-/// thread starts. (mimalloc was tried: it raised peak RSS from 55 to 85 MB.)
-fn bound_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters; called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
 fn main() -> ExitCode {
-    bound_malloc_arenas();
     let cli = Cli::parse();
     let config = match Config::from_env() {
         Ok(c) => c,

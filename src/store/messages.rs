@@ -44,27 +44,19 @@ impl<'a> BodyKey<'a> {
     }
 }
 
-/// A body key as a row gives it back.
-pub(super) type OwnedBodyKey = (String, String, String, String);
-
-pub(super) fn owned(k: BodyKey<'_>) -> OwnedBodyKey {
-    (k.app.into(), k.recipient.into(), k.message_id.into(), k.sender.into())
-}
-
 /// Store the bodies of these copies (one per key: the batch deduplicates them), each once
-/// whatever the number of timelines it lands in; a body already stored stays as it is.
-/// Returns the keys that were new. The body is the JSON the copy was published with, not
-/// serialised again; its `status` is the first copy's and is replaced on read by the status
-/// of the timeline or conversation that reads it.
+/// whatever the number of timelines it lands in; a body already stored stays as it is, with
+/// its first timestamp. The body is the JSON the copy was published with, not serialised
+/// again; its `status` is the first copy's and is replaced on read by the status of the
+/// timeline or conversation that reads it.
 pub(super) async fn insert_bodies(
     tx: &mut Tx<'_>,
     dialect: Dialect,
     rows: &[&TimelineCopy],
-) -> Result<Vec<OwnedBodyKey>, sqlx::Error> {
+) -> Result<(), sqlx::Error> {
     let sql = format!(
         "INSERT INTO messages (app_id, recipient, message_id, sender, timestamp, body) VALUES {} \
-         ON CONFLICT (app_id, recipient, message_id, sender) DO NOTHING \
-         RETURNING app_id, recipient, message_id, sender",
+         ON CONFLICT (app_id, recipient, message_id, sender) DO NOTHING",
         placeholders(dialect, rows.len(), 6, None)
     );
     let mut q = sqlx::query(&sql);
@@ -83,61 +75,42 @@ pub(super) async fn insert_bodies(
             Err(_) => q.bind(json(c.message().fields())),
         };
     }
-    q.fetch_all(&mut **tx)
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
-        .collect()
+    q.execute(&mut **tx).await?;
+    Ok(())
 }
 
-/// The timestamp a message was first stored with, if its body is stored: a redelivered input
-/// is stamped again (the engine's clock, when the client gave none), and its timeline rows
-/// must land on the first ones' keys to be recognised as the same.
-pub(super) async fn stored_timestamp(tx: &mut Tx<'_>, k: BodyKey<'_>) -> Result<Option<i64>, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT timestamp FROM messages WHERE app_id = $1 AND recipient = $2 AND message_id = $3 AND sender = $4",
-    )
-    .bind(k.app)
-    .bind(k.recipient)
-    .bind(k.message_id)
-    .bind(k.sender)
-    .fetch_optional(&mut **tx)
-    .await?;
-    row.map(|r| r.try_get(0)).transpose()
-}
-
-/// The timeline timestamp of each body in a batch: the stored one for bodies stored before,
-/// else the first copy's.
-pub(super) type Timestamps<'a> = std::collections::HashMap<BodyKey<'a>, i64>;
-
-/// One timeline row per copy, keyed in history order; a second copy of the same (timeline,
-/// conversation, timestamp, message id, sender) is a no-op (a redelivered input, whose
-/// timestamp `timestamps` gives as first stored).
+/// One timeline row per copy, keyed in history order, after its body is stored. Its
+/// timestamp is the stored body's: a redelivered input is stamped again (by the engine's
+/// clock, when the client gave none), and must land on the first copy's key to be recognised
+/// as the same — a second copy of one (timeline, conversation, timestamp, message id, sender)
+/// is a no-op. One statement: the rows joined with their bodies by key (point lookups in the
+/// index the body inserts just touched), nothing read back.
 pub(super) async fn insert(
     tx: &mut Tx<'_>,
     dialect: Dialect,
     rows: &[(WriteIndex, &TimelineCopy)],
-    timestamps: &Timestamps<'_>,
 ) -> Result<(), sqlx::Error> {
+    // VALUES columns are `column1…` on both backends. `WHERE`, not `JOIN … ON`: SQLite would
+    // read that `ON` as the start of the upsert clause.
     let sql = format!(
         "INSERT INTO timeline (app_id, timeline_of, convers_with, timestamp, message_id, sender, recipient, status) \
-         VALUES {} ON CONFLICT (app_id, timeline_of, convers_with, timestamp, message_id, sender) DO NOTHING",
-        placeholders(dialect, rows.len(), 8, None)
+         SELECT v.column1, v.column2, v.column3, m.timestamp, v.column4, v.column5, v.column6, v.column7 \
+         FROM (VALUES {}) AS v, messages m \
+         WHERE m.app_id = v.column1 AND m.recipient = v.column6 AND m.message_id = v.column4 AND m.sender = v.column5 \
+         ON CONFLICT (app_id, timeline_of, convers_with, timestamp, message_id, sender) DO NOTHING",
+        placeholders(dialect, rows.len(), 7, None)
     );
     let mut q = sqlx::query(&sql);
     for (_, c) in rows {
-        let m = c.message();
         let k = BodyKey::of(c);
-        let at = timestamps.get(&k).copied().unwrap_or_else(|| m.timestamp());
         q = q
             .bind(k.app)
             .bind(c.timeline_of.as_str())
             .bind(c.convers_with.as_str())
-            .bind(at)
             .bind(k.message_id)
             .bind(k.sender)
             .bind(k.recipient)
-            .bind(m.status().unwrap_or_default());
+            .bind(c.message().status().unwrap_or_default());
     }
     q.execute(&mut **tx).await?;
     Ok(())

@@ -120,6 +120,13 @@ struct Connect {
 /// SQLite's default (2 MiB each, allocated as used).
 const SQLITE_WRITER_CACHE_KIB: i64 = 8 * 1024;
 
+/// WAL pages after which a commit checkpoints them into the database file (SQLite's default
+/// is 1,000). A busy commit touches a thousand pages or more, so with the default nearly
+/// every commit also checkpointed — writing each page twice and holding the writer. 16,384
+/// pages (64 MiB of WAL file on disk, not in memory) checkpoint a hot page once for many
+/// commits.
+const SQLITE_CHECKPOINT_PAGES: i64 = 16_384;
+
 /// What a committed batch revealed, by the write that revealed it.
 #[derive(Debug, Default)]
 pub struct Applied {
@@ -175,6 +182,9 @@ impl Store {
                         sqlx::query(&format!("PRAGMA cache_size = -{SQLITE_WRITER_CACHE_KIB}"))
                             .execute(&mut *conn)
                             .await?;
+                        sqlx::query(&format!("PRAGMA wal_autocheckpoint = {SQLITE_CHECKPOINT_PAGES}"))
+                            .execute(&mut *conn)
+                            .await?;
                     }
                     Ok(())
                 })
@@ -226,28 +236,11 @@ impl Store {
                 applied.add(at, |c| c.unarchived.push(conv));
             }
         }
-        let mut fresh = HashSet::new();
         for chunk in sql::statement_chunks(&batch.bodies) {
-            fresh.extend(messages::insert_bodies(&mut tx, d, chunk).await?);
-        }
-        // A body that was stored before (a redelivered input, a history replay) keeps its
-        // first timestamp, and so do its new timeline rows: a point lookup each, off the hot
-        // path.
-        let mut timestamps = messages::Timestamps::new();
-        for c in &batch.bodies {
-            let k = messages::BodyKey::of(c);
-            let at = if fresh.contains(&messages::owned(k)) {
-                c.message().timestamp()
-            } else {
-                // Not inserted, so stored: within the transaction it cannot be gone.
-                messages::stored_timestamp(&mut tx, k)
-                    .await?
-                    .unwrap_or(c.message().timestamp())
-            };
-            timestamps.insert(k, at);
+            messages::insert_bodies(&mut tx, d, chunk).await?;
         }
         for chunk in sql::statement_chunks(&batch.messages) {
-            messages::insert(&mut tx, d, chunk, &timestamps).await?;
+            messages::insert(&mut tx, d, chunk).await?;
         }
         for chunk in sql::statement_chunks(&batch.conversations) {
             conversations::upsert(&mut tx, d, chunk).await?;
