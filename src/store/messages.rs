@@ -5,7 +5,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::batch::WriteIndex;
-use super::sql::{json, json_object, placeholders, Dialect, Tx};
+use super::sql::{json, json_object, placeholders, Dialect, Query, Tx};
 use super::{Cursor, StoreError};
 use crate::domain::{status, AppId, Message, MessageId, UserId};
 use crate::plan::{ReceiptNotice, TimelineCopy};
@@ -126,39 +126,35 @@ struct Entry<'a> {
     sender: &'a str,
 }
 
+impl Entry<'_> {
+    /// Bind the key's columns, in the table's key order.
+    fn bind<'q>(&'q self, q: Query<'q>) -> Query<'q> {
+        q.bind(self.app.as_str())
+            .bind(self.timeline_of)
+            .bind(self.convers_with)
+            .bind(self.timestamp)
+            .bind(self.message_id)
+            .bind(self.sender)
+    }
+}
+
 /// Only ever raise a status, and only where the row exists: a late 200 never downgrades a
 /// 250 or 300, and a receipt for an unknown message leaves no stub row (fix D7).
 async fn raise_status(tx: &mut Tx<'_>, e: &Entry<'_>, status: i64) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    let q = sqlx::query(
         "UPDATE timeline SET status = $1 WHERE app_id = $2 AND timeline_of = $3 AND convers_with = $4 \
          AND timestamp = $5 AND message_id = $6 AND sender = $7 AND status < $1",
-    )
-    .bind(status)
-    .bind(e.app.as_str())
-    .bind(e.timeline_of)
-    .bind(e.convers_with)
-    .bind(e.timestamp)
-    .bind(e.message_id)
-    .bind(e.sender)
-    .execute(&mut **tx)
-    .await?;
+    );
+    e.bind(q.bind(status)).execute(&mut **tx).await?;
     Ok(())
 }
 
 async fn exists(tx: &mut Tx<'_>, e: &Entry<'_>) -> Result<bool, sqlx::Error> {
-    let row = sqlx::query(
+    let q = sqlx::query(
         "SELECT 1 FROM timeline WHERE app_id = $1 AND timeline_of = $2 AND convers_with = $3 \
          AND timestamp = $4 AND message_id = $5 AND sender = $6",
-    )
-    .bind(e.app.as_str())
-    .bind(e.timeline_of)
-    .bind(e.convers_with)
-    .bind(e.timestamp)
-    .bind(e.message_id)
-    .bind(e.sender)
-    .fetch_optional(&mut **tx)
-    .await?;
-    Ok(row.is_some())
+    );
+    Ok(e.bind(q).fetch_optional(&mut **tx).await?.is_some())
 }
 
 /// A receipt by `reader` for `message_id` of its conversation with `convers_with` (§5; see
