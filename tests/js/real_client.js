@@ -113,6 +113,15 @@ async function main() {
   await within('send to group', call((cb) => c1.sendMessage('hello team', 'text', GROUP, 'Team', 'User 1', {}, null, 'group', cb)));
   await s2.until('the group message at U2', (s) => s.messages.find((m) => m.text === 'hello team'));
 
+  // The replay reads the store: wait until the message is committed, not only delivered (the
+  // engine publishes copies while their commit is on its way; README, HTTP API).
+  for (let i = 0; ; i++) {
+    const mine = await within('lastMessages U1/group', call((cb) => c1.lastMessages(GROUP, cb)));
+    if (mine.find((m) => m.text === 'hello team')) break;
+    if (i > 100) throw new Error('hello team never committed');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+
   // groupJoin: the update with MEMBER_JOINED_GROUP, the system message, then the history.
   const joined = await within('groupJoin', call((cb) => c1.groupJoin(GROUP, u3.id, cb)));
   assert.strictEqual(joined.success, true);
