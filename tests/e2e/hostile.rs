@@ -232,27 +232,20 @@ async fn a_message_id_cannot_be_taken_from_another_sender() {
     let mut cl = inboxes(b, &e, &[&victim, &thief, &reader]).await;
     let id = fresh("id");
     // The thief first, then the victim, the same id, to the same reader.
-    send(
-        &mut cl[1],
-        &e,
-        &reader,
-        serde_json::json!({"text": "thief's", "message_id": id}),
-    )
-    .await;
-    let (_, m) = one(&mut cl[2], &e).await;
-    assert_eq!(m["text"], "thief's");
-    send(
-        &mut cl[0],
-        &e,
-        &reader,
-        serde_json::json!({"text": "victim's", "message_id": id}),
-    )
-    .await;
-    let (_, m) = one(&mut cl[2], &e).await;
-    assert_eq!(
-        (m["text"].as_str(), m["sender"].as_str()),
-        (Some("victim's"), Some(victim.as_str()))
-    );
+    for (i, text) in [(1, "thief's"), (0, "victim's")] {
+        send(
+            &mut cl[i],
+            &e,
+            &reader,
+            serde_json::json!({"text": text, "message_id": id}),
+        )
+        .await;
+        let (_, m) = one(&mut cl[2], &e).await;
+        assert_eq!(
+            (m["text"].as_str(), m["sender"].as_str()),
+            (Some(text), Some(cl[i].user.as_str()))
+        );
+    }
     // An inline group of all three: the thief's copy of the id does not shadow the victim's.
     let group = fresh("group-");
     let members = serde_json::json!({&victim: 1, &thief: 1, &reader: 1});
@@ -266,32 +259,21 @@ async fn a_message_id_cannot_be_taken_from_another_sender() {
     let store = open_store(&e.database_url).await;
     let app = chat21_engine::domain::AppId::parse(&e.app).unwrap();
     let uid = |s: &str| chat21_engine::domain::UserId::parse(s).unwrap();
-    let history = |with: String| {
+    // The reader's history with `with`, once `n` messages are committed, texts sorted.
+    let history = |with: String, n: usize| {
         let (store, app, reader, uid) = (&store, &app, reader.clone(), &uid);
         async move {
-            eventually("committed", || async {
+            let page = eventually("committed", || async {
                 let page = store.history(app, &uid(&reader), &uid(&with), None, 10).await.unwrap();
-                (!page.is_empty()).then_some(page)
+                (page.len() >= n).then_some(page)
             })
-            .await
-            .iter()
-            .map(|m| m.message.text().unwrap().to_owned())
-            .collect::<Vec<_>>()
+            .await;
+            let mut texts: Vec<String> = page.iter().map(|m| m.message.text().unwrap().to_owned()).collect();
+            texts.sort();
+            texts
         }
     };
-    assert_eq!(history(victim.clone()).await, ["victim's"]);
-    assert_eq!(history(thief.clone()).await, ["thief's"]);
-    let mut in_group = eventually("both group copies committed", || async {
-        let page = store
-            .history(&app, &uid(&reader), &uid(&group), None, 10)
-            .await
-            .unwrap();
-        (page.len() == 2).then_some(page)
-    })
-    .await
-    .iter()
-    .map(|m| m.message.text().unwrap().to_owned())
-    .collect::<Vec<_>>();
-    in_group.sort();
-    assert_eq!(in_group, ["thief in group", "victim in group"]);
+    assert_eq!(history(victim.clone(), 1).await, ["victim's"]);
+    assert_eq!(history(thief.clone(), 1).await, ["thief's"]);
+    assert_eq!(history(group.clone(), 2).await, ["thief in group", "victim in group"]);
 }

@@ -291,8 +291,19 @@ async fn auth_matrix() {
         let (s, _) = api.raw("GET", &path, Some(auth), None).await;
         assert_eq!(s, 200);
     }
-    let (s, _) = api.call("GET", &format!("{path}?jwt={t1}"), None, None).await;
-    assert_eq!(s, 200, "?jwt=");
+    // In the query, under each name clients use: the owner's token reads, another user's is
+    // 403, a forged one (its signature changed) 401 — the same checks as the header's.
+    let forged = format!(
+        "{}{}",
+        &t1[..t1.len() - 2],
+        if t1.ends_with("AA") { "BB" } else { "AA" }
+    );
+    for name in ["jwt", "JWT", "token"] {
+        for (token, want) in [(&t1, 200), (&t2, 403), (&forged, 401)] {
+            let (s, _) = api.call("GET", &format!("{path}?{name}={token}"), None, None).await;
+            assert_eq!(s, want, "?{name}=");
+        }
+    }
     // An admin reads anyone's; the path's app must be this engine's.
     let admin = b
         .minter()
