@@ -31,14 +31,19 @@ async fn exchange(from: &mut Mqtt, to: &mut Mqtt, e: &Running, n: usize, stamp: 
     for i in 0..n {
         let id = fresh("m");
         let mut body = json!({"text": format!("t{i}"), "type": "text", "message_id": id});
-        if let Some(ts) = stamp {
-            body["timestamp"] = ts.into();
-        }
+        // History reads newest first by timestamp, then id: distinct timestamps in sending
+        // order, so the order read back is the order sent (the engine would stamp messages
+        // it takes in one millisecond alike).
+        let ts = stamp.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64
+                + i as i64
+        });
+        body["timestamp"] = ts.into();
         send(from, e, &to.user.clone(), body).await;
         ids.push(id);
-        // The engine stamps each message on receipt, and history orders messages of one
-        // millisecond by id: apart by a few, they read back in the order sent.
-        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
     }
     let got = to.messages(n, WAIT).await;
     assert_eq!(got.len(), n, "{} messages reach {}", n, to.user);
