@@ -50,7 +50,7 @@ write_config() {
   mkdir -p "$dir/etc/conf.d" "$dir/home" "$dir/mnesia" "$dir/log"
   cp "$deploy/rabbitmq.conf" "$dir/etc/rabbitmq.conf"
   # The management plugin is for the docker image; the test node does not need its HTTP port.
-  echo '[rabbitmq_mqtt,rabbitmq_web_mqtt,rabbitmq_auth_backend_oauth2].' > "$dir/etc/enabled_plugins"
+  echo '[rabbitmq_mqtt,rabbitmq_web_mqtt,rabbitmq_auth_backend_oauth2,rabbitmq_consistent_hash_exchange].' > "$dir/etc/enabled_plugins"
   : > "$dir/etc/rabbitmq-env.conf"
   cat > "$dir/etc/conf.d/10-listeners.conf" <<CONF
 listeners.tcp.1 = 127.0.0.1:$AMQP_PORT

@@ -2,15 +2,17 @@
 # The engine's broker permissions, least privilege: sourced by docker-entrypoint.sh (compose)
 # and scripts/rabbitmq-private.sh (the tests run an engine with exactly these).
 #   engine_permissions QUEUE_NAME  ->  sets ENGINE_CONFIGURE, ENGINE_WRITE, ENGINE_READ
-# The engine declares its queue, `QUEUE_NAME.dead-letter` and one exclusive reply queue per
-# connection `QUEUE_NAME.reply.<uuid>` (where the HTTP API hears that an input it submitted
-# was settled) (configure), binds them to amq.topic (write on the queue, read on the
-# exchange), consumes them (read) and publishes into amq.topic (write). Nothing else: no
-# other queue, no other exchange, no management tag. Regexes, anchored; the queue name is
-# escaped.
+# The engine declares its partition queues `QUEUE_NAME.p00`…`.p99`, the consistent-hash
+# exchange `QUEUE_NAME.partitions` that feeds them, `QUEUE_NAME.dead-letter` and one
+# exclusive reply queue per connection `QUEUE_NAME.reply.<uuid>` (where the HTTP API hears
+# that an input it submitted was settled) (configure); binds the exchange to amq.topic and
+# the queues to it (write on the destination, read on the source), consumes them (read) and
+# publishes into amq.topic (write). `QUEUE_NAME` itself is the queue of engines before
+# partitions, which a new engine drains and deletes. Nothing else: no other queue, no other
+# exchange, no management tag. Regexes, anchored; the queue name is escaped.
 engine_permissions() {
   q=$(printf '%s' "$1" | sed 's/[].[^$*+?(){}|\\]/\\&/g')
-  own="${q}(\\.dead-letter|\\.reply\\.[0-9a-f-]{36})?"
+  own="${q}(\\.dead-letter|\\.partitions|\\.p[0-9]{2}|\\.reply\\.[0-9a-f-]{36})?"
   ENGINE_CONFIGURE="^${own}\$"
   ENGINE_WRITE="^(amq\\.topic|${own})\$"
   ENGINE_READ="^(amq\\.topic|${own})\$"

@@ -19,7 +19,11 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use chat21_engine::broker::topology::{self, Layout};
 use chat21_engine::topic::Topics;
+
+/// The engine's default: queue arguments must match between the bench and its subject.
+const DELIVERY_LIMIT: u32 = 20;
 
 #[path = "bench/common.rs"]
 mod common;
@@ -47,6 +51,9 @@ struct Args {
     /// PREFETCH_MESSAGES for both subjects (default: the engine's default).
     #[arg(long, default_value_t = 1024)]
     prefetch: u16,
+    /// PARTITIONS for both subjects: the input layout both consume (`broker::topology`).
+    #[arg(long, default_value_t = 1)]
+    partitions: u16,
     /// Engine persistence: `off`, `sqlite` (a fresh file per round in the temp dir), or a
     /// postgres:// URL.
     #[arg(long, default_value = "off")]
@@ -236,10 +243,11 @@ async fn run_round(
 ) -> Result<RoundResult, Box<dyn std::error::Error>> {
     let app = format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let queue = format!("chat21.bench.{app}");
+    let layout = Layout::new(&queue, args.partitions, DELIVERY_LIMIT);
     let topics = Topics::chat21(&app);
     let ch = conn.create_channel().await?;
-    // The subject's queue and bindings exist before it starts, so the burst waits in it.
-    chat21_engine::broker::topology::declare(&ch, &queue, &topics.bindings(), &[]).await?;
+    // The subject's queues and bindings exist before it starts, so the burst waits in them.
+    topology::declare(&ch, &layout, &topics.bindings(), &[]).await?;
     let epoch = Instant::now();
     let keys: Vec<String> = match args.group_size {
         0 => (0..args.recipients)
@@ -323,8 +331,11 @@ async fn run_round(
             let _ = std::fs::remove_file(format!("{path}{suffix}"));
         }
     }
+    for q in layout.queues().into_iter().chain([layout.dead_letter()]) {
+        let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+    }
     let _ = ch
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .exchange_delete(layout.exchange().as_str().into(), Default::default())
         .await;
     let _ = ch.close(200, "done".into()).await;
     Ok(RoundResult {
@@ -445,6 +456,8 @@ fn spawn_subject(
         .env("APP_ID", app)
         .env("QUEUE_NAME", queue)
         .env("PREFETCH_MESSAGES", args.prefetch.to_string())
+        .env("PARTITIONS", args.partitions.to_string())
+        .env("DELIVERY_LIMIT", DELIVERY_LIMIT.to_string())
         .env("GROUP_ID", if args.group_size > 0 { GROUP } else { "" })
         .env("GROUP_MEMBERS", members.join(","))
         .env("HTTP_PORT", "0")

@@ -6,7 +6,11 @@
 //! every member of GROUP_MEMBERS (comma-separated, known up front: no lookup) plus the group
 //! timeline — with the body unchanged.
 //!
-//! Env: RABBITMQ_URI, APP_ID, QUEUE_NAME, PREFETCH_MESSAGES, GROUP_ID, GROUP_MEMBERS.
+//! It consumes the engine's input layout (`broker::topology`: partition queues fed by a
+//! consistent-hash exchange), so both cause the broker the same queue work.
+//!
+//! Env: RABBITMQ_URI, APP_ID, QUEUE_NAME, PARTITIONS, DELIVERY_LIMIT, PREFETCH_MESSAGES,
+//! GROUP_ID, GROUP_MEMBERS.
 
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
@@ -15,6 +19,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, Bas
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
 
+use chat21_engine::broker::topology::{self, Layout};
 use chat21_engine::topic::{Inbound, Topics};
 
 #[tokio::main(flavor = "current_thread")]
@@ -26,6 +31,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(256);
+    let env_num = |name: &str, default: u32| std::env::var(name).ok().and_then(|p| p.parse().ok()).unwrap_or(default);
+    let layout = Layout::new(&queue, env_num("PARTITIONS", 1) as u16, env_num("DELIVERY_LIMIT", 20));
     let topics = Topics::chat21(&app);
     let group_id = std::env::var("GROUP_ID").unwrap_or_default();
     let mut group_members: Vec<String> = std::env::var("GROUP_MEMBERS")
@@ -38,18 +45,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let conn = Connection::connect(&uri, ConnectionProperties::default()).await?;
     let consume = conn.create_channel().await?;
-    consume.basic_qos(prefetch, BasicQosOptions::default()).await?;
-    chat21_engine::broker::topology::declare(&consume, &queue, &topics.bindings(), &[]).await?;
+    consume
+        .basic_qos(layout.prefetch_per_queue(prefetch), BasicQosOptions::default())
+        .await?;
+    topology::declare(&consume, &layout, &topics.bindings(), &[]).await?;
     let publish = conn.create_channel().await?;
     publish.confirm_select(ConfirmSelectOptions::default()).await?;
-    let mut consumer = consume
-        .basic_consume(
-            queue.as_str().into(),
-            "relay".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumers = Vec::new();
+    for q in layout.queues() {
+        let tag = format!("relay.{q}");
+        consumers.push(
+            consume
+                .basic_consume(
+                    q.as_str().into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?,
+        );
+    }
+    let mut consumer = futures::stream::select_all(consumers);
     let props = BasicProperties::default().with_delivery_mode(2);
     let mut pending = FuturesUnordered::new();
     loop {

@@ -4,6 +4,12 @@
 //! tag T acks every unacked delivery up to T on the channel. So we ack, in one frame, the
 //! newest settled delivery older than the oldest one still in flight: never an input whose
 //! publishes are unconfirmed, and far fewer frames than one ack per input under load.
+//!
+//! "Older" means every tag below T, including deliveries the broker sent but the session has
+//! not taken yet: the consumers of several partition queues share one channel, and each
+//! consumer's buffer is read at its own pace, so tag 7 (queue A) can reach the session after
+//! tag 9 (queue B). A `multiple=true` ack for 9 would then ack 7 before it was processed.
+//! So the limit is also the first tag not seen yet (tags are consecutive per channel, from 1).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -11,6 +17,10 @@ use std::collections::{BTreeMap, BTreeSet};
 pub struct AckTracker<H> {
     in_flight: BTreeSet<u64>,
     settled: BTreeMap<u64, H>,
+    /// Every tag below this one was seen.
+    next_unseen: u64,
+    /// Tags seen above `next_unseen`.
+    seen_ahead: BTreeSet<u64>,
 }
 
 impl<H> Default for AckTracker<H> {
@@ -18,6 +28,8 @@ impl<H> Default for AckTracker<H> {
         AckTracker {
             in_flight: BTreeSet::new(),
             settled: BTreeMap::new(),
+            next_unseen: 1,
+            seen_ahead: BTreeSet::new(),
         }
     }
 }
@@ -26,6 +38,14 @@ impl<H> AckTracker<H> {
     /// A delivery arrived.
     pub fn delivered(&mut self, tag: u64) {
         self.in_flight.insert(tag);
+        if tag == self.next_unseen {
+            self.next_unseen += 1;
+            while self.seen_ahead.remove(&self.next_unseen) {
+                self.next_unseen += 1;
+            }
+        } else if tag > self.next_unseen {
+            self.seen_ahead.insert(tag);
+        }
     }
 
     /// A delivery is done (processed or rejected) and may be acked.
@@ -42,7 +62,12 @@ impl<H> AckTracker<H> {
     /// The handle to ack with `multiple=true`, if any: the newest settled delivery older than
     /// every delivery still in flight. Everything it covers is forgotten.
     pub fn take_ackable(&mut self) -> Option<H> {
-        let limit = self.in_flight.first().copied().unwrap_or(u64::MAX);
+        let limit = self
+            .in_flight
+            .first()
+            .copied()
+            .unwrap_or(u64::MAX)
+            .min(self.next_unseen);
         let (&tag, _) = self.settled.range(..limit).next_back()?;
         let newer = self.settled.split_off(&(tag + 1));
         let handle = self.settled.remove(&tag);
@@ -76,6 +101,21 @@ mod tests {
         t.abandoned(4);
         assert_eq!(t.take_ackable(), Some("h5"));
         assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn never_acks_over_a_delivery_not_taken_yet() {
+        let mut t = AckTracker::default();
+        // Tags 1 and 3 from one queue's consumer, 2 still in the other's buffer.
+        t.delivered(1);
+        t.delivered(3);
+        t.settled(1, "h1");
+        t.settled(3, "h3");
+        assert_eq!(t.take_ackable(), Some("h1"), "2 is below 3 and not seen");
+        assert_eq!(t.take_ackable(), None);
+        t.delivered(2);
+        t.settled(2, "h2");
+        assert_eq!(t.take_ackable(), Some("h3"));
     }
 
     #[test]

@@ -22,8 +22,8 @@ use futures::future::{maybe_done, MaybeDone};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Acker, BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
@@ -36,7 +36,8 @@ use tokio_util::sync::CancellationToken;
 use super::acks::AckTracker;
 use super::log_budget::LogBudget;
 use super::submit::{self, Settlement};
-use super::{topology, BrokerError, EXCHANGE};
+use super::topology::{self, Layout};
+use super::{legacy, BrokerError, EXCHANGE};
 use crate::domain::RejectReason;
 use crate::metrics::Outcome;
 use crate::pipeline::Delivery;
@@ -113,10 +114,82 @@ impl InFlight {
 type Pending = FuturesUnordered<Pin<Box<dyn Future<Output = Settled> + Send>>>;
 type Sending = MaybeDone<Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Send>>>;
 
+/// Consumer tags are `chat21-engine.<queue>`: one per partition queue.
 const CONSUMER_TAG: &str = "chat21-engine";
 
 /// How long shutdown waits for in-flight inputs to settle.
 const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Where a session takes its inputs from.
+struct Inputs {
+    stream: futures::stream::BoxStream<'static, lapin::Result<lapin::message::Delivery>>,
+    /// Consumers to cancel at shutdown.
+    tags: Vec<String>,
+    /// A stream that ends when its queue is empty (the legacy queue, read by `basic.get`),
+    /// rather than a consumer the broker ends only by cancelling it.
+    finite: bool,
+    /// Most inputs in flight: the broker bounds a consumer by the prefetch, but not
+    /// `basic.get`, so the session does.
+    limit: usize,
+}
+
+impl Inputs {
+    /// One consumer per partition queue, on one channel (delivery tags, and so the
+    /// `multiple=true` acks of `acks.rs`, are per channel), merged in arrival order: each
+    /// queue's own order is kept, which is all the order there is to keep.
+    async fn partitions(channel: &Channel, layout: &Layout) -> lapin::Result<Inputs> {
+        let mut consumers = Vec::new();
+        let mut tags = Vec::new();
+        for queue in layout.queues() {
+            let tag = format!("{CONSUMER_TAG}.{queue}");
+            let consumer = channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            consumers.push(consumer);
+            tags.push(tag);
+        }
+        Ok(Inputs {
+            stream: futures::stream::select_all(consumers).boxed(),
+            tags,
+            finite: false,
+            limit: usize::MAX,
+        })
+    }
+
+    /// What an engine before partitions left in its queue, one `basic.get` at a time, until
+    /// the queue is empty.
+    fn legacy(channel: &Channel, queue: &str, limit: u16) -> Inputs {
+        let (channel, queue) = (channel.clone(), queue.to_owned());
+        let stream = futures::stream::unfold((channel, queue), |(channel, queue)| async move {
+            let got = channel
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+                .await;
+            match got {
+                Ok(Some(message)) => Some((Ok(message.delivery), (channel, queue))),
+                Ok(None) => None,
+                Err(e) => Some((Err(e), (channel, queue))),
+            }
+        });
+        Inputs {
+            stream: stream.boxed(),
+            tags: Vec::new(),
+            finite: true,
+            limit: limit.into(),
+        }
+    }
+}
+
+/// How a run of [`Session::pump`] ended.
+enum PumpEnd {
+    Shutdown,
+    /// A finite input stream ended and everything taken from it is settled.
+    Exhausted,
+}
 
 pub async fn run_session(
     engine: &Arc<Engine>,
@@ -126,16 +199,13 @@ pub async fn run_session(
     shutdown: &CancellationToken,
 ) -> Result<SessionEnd, BrokerError> {
     let cfg = &engine.config.broker;
+    let layout = Layout::of(cfg);
     let consume_ch = conn.create_channel().await?;
-    consume_ch.basic_qos(cfg.prefetch, BasicQosOptions::default()).await?;
+    consume_ch
+        .basic_qos(layout.prefetch_per_queue(cfg.prefetch), BasicQosOptions::default())
+        .await?;
     let topics = engine.pipeline.topics();
-    topology::declare(
-        &consume_ch,
-        &cfg.queue_name,
-        &topics.bindings(),
-        &topics.retired_bindings(),
-    )
-    .await?;
+    topology::declare(&consume_ch, &layout, &topics.bindings(), &topics.retired_bindings()).await?;
     let publish_ch = conn.create_channel().await?;
     publish_ch.confirm_select(ConfirmSelectOptions::default()).await?;
     // The HTTP API's way to submit inputs: without it the API answers 503, and everything
@@ -145,24 +215,6 @@ pub async fn run_session(
             tracing::error!(error = %e, "the HTTP API cannot submit inputs (its reply queue was refused); check the engine user's permissions");
         }
     }
-    let opts = BasicConsumeOptions::default();
-    let consumer = consume_ch
-        .basic_consume(
-            cfg.queue_name.as_str().into(),
-            CONSUMER_TAG.into(),
-            opts,
-            FieldTable::default(),
-        )
-        .await;
-    let mut consumer = match consumer {
-        Ok(c) => c,
-        Err(e) => {
-            engine.submitter.disconnect();
-            return Err(e.into());
-        }
-    };
-    engine.metrics.set_broker_connected(true);
-
     let mut session = Session {
         engine: engine.clone(),
         lookups: store.cloned(),
@@ -174,10 +226,14 @@ pub async fn run_session(
         requeue_backoff: None,
         logs: LogBudget::default(),
     };
-    let result = session.pump(&mut consumer, &consume_ch, shutdown).await;
+    let result = session.run(conn, &consume_ch, &layout, shutdown).await;
     engine.submitter.disconnect();
     // Whatever is still unacked will never be acked on this channel: the broker requeues it.
     engine.metrics.in_flight_add(-(session.acks.in_flight() as i64));
+    if result.is_ok() {
+        let _ = consume_ch.close(200, "shutdown".into()).await;
+        let _ = publish_ch.close(200, "shutdown".into()).await;
+    }
     result
 }
 
@@ -198,21 +254,64 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
-    async fn pump(
+    /// The legacy queue first, if there is one, then the partitions until shutdown.
+    async fn run(
         &mut self,
-        consumer: &mut lapin::Consumer,
+        conn: &Connection,
         consume_ch: &Channel,
+        layout: &Layout,
         shutdown: &CancellationToken,
     ) -> Result<SessionEnd, BrokerError> {
+        let topics = self.engine.pipeline.topics();
+        let mut patterns = topics.bindings();
+        patterns.extend(topics.retired_bindings());
+        // Older inputs of a conversation before newer ones: the partitions wait until the
+        // queue of the engines before them is empty and gone.
+        if let Some(backlog) = legacy::retire_bindings(conn, layout, &patterns).await? {
+            tracing::info!(
+                queue = layout.legacy_queue(),
+                backlog,
+                "draining the queue of an engine before partitions; it is deleted once empty"
+            );
+            self.engine.metrics.set_broker_connected(true);
+            loop {
+                let mut inputs = Inputs::legacy(consume_ch, layout.legacy_queue(), self.engine.config.broker.prefetch);
+                if let PumpEnd::Shutdown = self.pump(&mut inputs, consume_ch, shutdown).await? {
+                    return Ok(SessionEnd::Shutdown);
+                }
+                if legacy::delete_if_empty(conn, layout).await? {
+                    tracing::info!(queue = layout.legacy_queue(), "old queue drained and deleted");
+                    break;
+                }
+                // Not empty after all (an ack still on its way, an input requeued): again, shortly.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        let mut inputs = Inputs::partitions(consume_ch, layout).await?;
+        self.engine.metrics.set_broker_connected(true);
+        match self.pump(&mut inputs, consume_ch, shutdown).await? {
+            PumpEnd::Shutdown => Ok(SessionEnd::Shutdown),
+            PumpEnd::Exhausted => Err(BrokerError::ConsumerEnded),
+        }
+    }
+
+    async fn pump(
+        &mut self,
+        inputs: &mut Inputs,
+        consume_ch: &Channel,
+        shutdown: &CancellationToken,
+    ) -> Result<PumpEnd, BrokerError> {
         let mut draining = false;
+        let mut exhausted = false;
         // A stuck store or broker must not hold shutdown forever: after this, whatever is
         // still unacked is left to the broker, which redelivers it to the next engine.
         let drain_deadline = tokio::time::sleep(DRAIN_LIMIT);
         tokio::pin!(drain_deadline);
         loop {
-            if draining && self.pending.is_empty() {
+            if (draining || exhausted) && self.pending.is_empty() {
                 break;
             }
+            let room = self.acks.in_flight() < inputs.limit;
             tokio::select! {
                 biased;
                 _ = &mut drain_deadline, if draining => {
@@ -231,20 +330,25 @@ impl Session<'_> {
                     tracing::info!(in_flight = self.acks.in_flight(), "shutting down: no new inputs, finishing in-flight ones");
                     draining = true;
                     drain_deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_LIMIT);
-                    consume_ch.basic_cancel(CONSUMER_TAG.into(), BasicCancelOptions::default()).await?;
+                    for tag in &inputs.tags {
+                        consume_ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await?;
+                    }
                 }
-                next = consumer.next(), if !draining => match next {
+                next = inputs.stream.next(), if !draining && !exhausted && room => match next {
                     Some(Ok(delivery)) => self.start(delivery, shutdown).await?,
                     Some(Err(e)) => return Err(e.into()),
+                    None if inputs.finite => exhausted = true,
                     None => return Err(BrokerError::ConsumerEnded),
                 },
                 else => break,
             }
         }
         self.flush_acks().await?;
-        let _ = consume_ch.close(200, "shutdown".into()).await;
-        let _ = self.publish_ch.close(200, "shutdown".into()).await;
-        Ok(SessionEnd::Shutdown)
+        Ok(if draining {
+            PumpEnd::Shutdown
+        } else {
+            PumpEnd::Exhausted
+        })
     }
 
     /// Decide one delivery and start carrying the decision out: publishes handed to lapin's

@@ -4,6 +4,7 @@
 mod acks;
 mod connect;
 mod consumer;
+mod legacy;
 mod log_budget;
 pub mod submit;
 mod supervisor;

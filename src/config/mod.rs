@@ -83,6 +83,10 @@ pub struct BrokerConfig {
     pub port: u16,
     pub vhost: String,
     pub queue_name: String,
+    /// Input partitions (`PARTITIONS`): see `broker::topology`.
+    pub partitions: u16,
+    /// Deliveries of one input before the broker dead-letters it (`DELIVERY_LIMIT`).
+    pub delivery_limit: u32,
     pub prefetch: u16,
     pub publish_window: usize,
     /// Bytes of unconfirmed publishes at once (`MAX_IN_FLIGHT_BYTES`).
@@ -174,6 +178,8 @@ struct Raw {
     topic_layout: String,
     path_prefix: String,
     queue_name: String,
+    partitions: u16,
+    delivery_limit: u32,
     prefetch_messages: u16,
     database_url: String,
     publish_window: u32,
@@ -313,6 +319,12 @@ impl Config {
         if raw.prefetch_messages == 0 {
             return Err(bad("PREFETCH_MESSAGES must be 1..65535"));
         }
+        if !(1..=100).contains(&raw.partitions) {
+            return Err(bad("PARTITIONS must be 1..=100"));
+        }
+        if !(1..=1000).contains(&raw.delivery_limit) {
+            return Err(bad("DELIVERY_LIMIT must be 1..=1000"));
+        }
         let store = Database::parse(&raw.database_url).map_err(|e| bad(format!("DATABASE_URL: {e}")))?;
         if raw.publish_window == 0 {
             return Err(bad("PUBLISH_WINDOW must be at least 1"));
@@ -327,7 +339,7 @@ impl Config {
         if raw.max_in_flight_bytes < raw.max_fanout_bytes {
             return Err(bad("MAX_IN_FLIGHT_BYTES must be at least MAX_FANOUT_BYTES"));
         }
-        // 200: room for the queues named after it (`.dead-letter`, `.reply.<uuid>`) within the
+        // 200: room for the queues named after it (`.dead-letter`, `.reply.<uuid>`, `.p00`) within the
         // broker's 255.
         if raw.queue_name.is_empty() || raw.queue_name.len() > 200 || raw.queue_name.starts_with("amq.") {
             return Err(bad("QUEUE_NAME must be 1..200 bytes and not start with amq."));
@@ -384,6 +396,8 @@ impl Config {
                 port: raw.rabbitmq_port,
                 vhost: raw.rabbitmq_vhost,
                 queue_name: raw.queue_name,
+                partitions: raw.partitions,
+                delivery_limit: raw.delivery_limit,
                 prefetch: raw.prefetch_messages,
                 publish_window: raw.publish_window as usize,
                 in_flight_bytes: raw.max_in_flight_bytes,

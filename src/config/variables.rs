@@ -67,8 +67,10 @@ pub const VARIABLES: &[Variable] = &[
     var("TOPIC_LAYOUT", "chat21", "chat21 (full protocol) or seed (PATH_PREFIX/{sender}/{recipient}/messages/outgoing only)"),
     var("PATH_PREFIX", "/apps/tilechat/users", "MQTT topic prefix of the seed layout: levels of letters, digits, - and _; a leading / is a leading empty word"),
     // Consumption.
-    var("QUEUE_NAME", "chat21.engine", "Durable queue the engine consumes (shared by all engine replicas)"),
-    var("PREFETCH_MESSAGES", "1024", "Unacked inputs in flight (bounds memory and the publish-confirm window)"),
+    var("QUEUE_NAME", "chat21.engine", "Name the engine's queues and exchange start with (shared by all engine replicas)"),
+    var("PARTITIONS", "1", "Input partitions: quorum queues QUEUE_NAME.p00… fed by a consistent-hash exchange, each consumed by one engine at a time (1..=100). One keeps every input in order; more keep only each routing key's own order (README, partitions). Change only with the queues drained"),
+    var("DELIVERY_LIMIT", "20", "Deliveries of one input before the broker moves it to QUEUE_NAME.dead-letter (crashes and requeues count; 1..=1000; fixed when the queues are made)"),
+    var("PREFETCH_MESSAGES", "1024", "Unacked inputs in flight, shared out over the partitions (bounds memory and the publish-confirm window)"),
     var("PUBLISH_WINDOW", "4096", "Most publishes awaiting a broker confirm at once (older inputs settle first)"),
     var("MAX_IN_FLIGHT_BYTES", "67108864", "Most bytes of publishes awaiting a broker confirm at once (older inputs settle first); bounds memory whatever the message sizes"),
     var("MAX_MESSAGE_BYTES", "65536", "Largest input body; a larger one is rejected too_large (a sender is told, without the body)"),

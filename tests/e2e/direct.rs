@@ -85,7 +85,8 @@ async fn client_message_id_is_kept() {
 #[tokio::test]
 async fn thousand_messages_from_ten_senders_in_order() {
     let b = broker();
-    let engine = EngineProc::start(b, &[]).await;
+    // Four partitions: each conversation's order holds across the merged consumers.
+    let engine = EngineProc::start(b, &[("PARTITIONS", "4")]).await;
     let app = engine.app.clone();
     let recipient = fresh("rcpt");
     let mut r = Mqtt::connect(b, &app, &recipient, Via::Tcp).await;
@@ -119,7 +120,12 @@ async fn thousand_messages_from_ten_senders_in_order() {
         let sender = m["sender"].as_str().unwrap().to_string();
         let seq = m["seq"].as_i64().unwrap();
         let expected = next.entry(sender.clone()).or_insert(0);
-        assert_eq!(seq, *expected, "out of order from {sender}");
+        assert_eq!(
+            seq,
+            *expected,
+            "out of order from {sender}; log:\n{}",
+            engine.log_text()
+        );
         *expected += 1;
         assert!(ids.insert(m["message_id"].as_str().unwrap().to_string()), "duplicate");
         assert_eq!(m["status"], 150);

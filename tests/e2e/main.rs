@@ -11,6 +11,7 @@ mod groups;
 mod hostile;
 mod http_api;
 mod http_groups;
+mod partitions;
 mod persistence;
 mod policies;
 mod real_client;

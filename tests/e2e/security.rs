@@ -110,7 +110,9 @@ async fn amqp_user_token_cannot_reach_engine_queue_or_other_queues() {
     let conn = lapin::Connection::connect(&uri, Default::default())
         .await
         .expect("a user token logs in over AMQP");
-    let q = engine.queue.as_str();
+    // A partition queue: where the inputs are.
+    let partition = format!("{}.p00", engine.queue);
+    let q = partition.as_str();
 
     let ch = conn.create_channel().await.unwrap();
     let r = ch
@@ -147,6 +149,26 @@ async fn amqp_user_token_cannot_reach_engine_queue_or_other_queues() {
         .await;
     assert!(r.is_err(), "declared a queue next to the engine's");
 
+    // Nor the hash exchange in front of the partitions: no tap on everyone's inputs, and no
+    // input that skips amq.topic's topic permissions.
+    let exchange = format!("{}.partitions", engine.queue);
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    let sent = ch
+        .basic_publish(
+            exchange.as_str().into(),
+            engine.topics().outgoing(&u2, &u1).as_str().into(),
+            Default::default(),
+            b"{}",
+            Default::default(),
+        )
+        .await;
+    let confirmed = match sent {
+        Ok(confirm) => matches!(confirm.await, Ok(lapin::Confirmation::Ack(_))),
+        Err(_) => false,
+    };
+    assert!(!confirmed, "published into the partition exchange");
+
     // What an MQTT session needs is allowed, but only onto the user's own inbox.
     let ch = conn.create_channel().await.unwrap();
     let own = format!("mqtt-subscription-{}qos0", fresh("c"));
@@ -178,8 +200,22 @@ async fn amqp_user_token_cannot_reach_engine_queue_or_other_queues() {
         )
         .await;
     assert!(r.is_err(), "bound to another user's inbox");
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare(own.as_str().into(), opts, Default::default())
+        .await
+        .expect("session queue");
+    let r = ch
+        .queue_bind(
+            own.as_str().into(),
+            exchange.as_str().into(),
+            "1".into(),
+            QueueBindOptions::default(),
+            Default::default(),
+        )
+        .await;
+    assert!(r.is_err(), "bound to the partition exchange (a tap on every input)");
 
-    // The engine is unaffected and its queue intact.
+    // The engine is unaffected and its queues intact.
     assert_eq!(http_get(engine.http_port, "/readyz").await.unwrap().0, 200);
 }
 
