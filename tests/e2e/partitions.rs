@@ -11,6 +11,16 @@ use serde_json::json;
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+/// How many inputs `queue` holds (a passive declare: an error, closing `ch`, if it is gone).
+async fn depth(ch: &lapin::Channel, queue: &str) -> lapin::Result<u32> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let q = ch.queue_declare(queue.into(), passive, Default::default()).await?;
+    Ok(q.message_count())
+}
+
 async fn admin(b: &Broker) -> lapin::Connection {
     lapin::Connection::connect(&b.amqp_uri, Default::default())
         .await
@@ -52,15 +62,7 @@ async fn inputs_of_one_conversation_stay_in_one_partition_in_order() {
     for queue in layout.queues() {
         let mut next: HashMap<String, i64> = HashMap::new();
         // basic.get is refused on single-active-consumer queues: consume what it holds.
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        let held = ch
-            .queue_declare(queue.as_str().into(), passive, Default::default())
-            .await
-            .unwrap()
-            .message_count();
+        let held = depth(&ch, &queue).await.unwrap();
         let reader = conn.create_channel().await.unwrap();
         let mut consumer = reader
             .basic_consume(
@@ -260,18 +262,8 @@ async fn an_older_engines_queue_is_drained_first_then_deleted() {
         s.publish(&key, message(seq).to_string().as_bytes()).await;
     }
     let backlog = eventually("the backlog queued in the old queue", || async {
-        let q = ch
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
-            .await
-            .unwrap();
-        (q.message_count() == 100).then_some(q.message_count())
+        let n = depth(&ch, &queue).await.unwrap();
+        (n == 100).then_some(n)
     })
     .await;
     assert_eq!(backlog, 100);
@@ -286,14 +278,7 @@ async fn an_older_engines_queue_is_drained_first_then_deleted() {
     assert!(r.extra_messages(Duration::from_millis(500)).await.is_empty());
     eventually("the old queue deleted", || async {
         let ch = conn.create_channel().await.unwrap();
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        ch.queue_declare(queue.as_str().into(), passive, Default::default())
-            .await
-            .is_err()
-            .then_some(())
+        depth(&ch, &queue).await.is_err().then_some(())
     })
     .await;
     assert!(
