@@ -137,10 +137,10 @@ impl Inputs {
     /// One consumer per partition queue, on one channel (delivery tags, and so the
     /// `multiple=true` acks of `acks.rs`, are per channel), merged in arrival order: each
     /// queue's own order is kept, which is all the order there is to keep.
-    async fn partitions(channel: &Channel, layout: &Layout) -> lapin::Result<Inputs> {
+    async fn partitions(channel: &Channel, queues: &[String]) -> lapin::Result<Inputs> {
         let mut consumers = Vec::new();
         let mut tags = Vec::new();
-        for queue in layout.queues() {
+        for queue in queues {
             let tag = format!("{CONSUMER_TAG}.{queue}");
             let consumer = channel
                 .basic_consume(
@@ -287,7 +287,19 @@ impl Session<'_> {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
-        let mut inputs = Inputs::partitions(consume_ch, layout).await?;
+        // Partitions a larger PARTITIONS made stay bound to the hash exchange and keep
+        // receiving their share of keys: consumed too, never left to fill up unread.
+        let mut queues = layout.queues();
+        let leftover = legacy::leftover_partitions(conn, layout).await?;
+        if !leftover.is_empty() {
+            tracing::warn!(
+                partitions = layout.queues().len(),
+                still_bound = leftover.len(),
+                "PARTITIONS is lower than the partition queues that exist; consuming those too. To shrink: stop the engines, drain the queues, delete them and the .partitions exchange"
+            );
+        }
+        queues.extend(leftover);
+        let mut inputs = Inputs::partitions(consume_ch, &queues).await?;
         self.engine.metrics.set_broker_connected(true);
         match self.pump(&mut inputs, consume_ch, shutdown).await? {
             PumpEnd::Shutdown => Ok(SessionEnd::Shutdown),

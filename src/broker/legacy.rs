@@ -1,3 +1,5 @@
+//! What an earlier engine or configuration left on the broker.
+//!
 //! Replacing an engine from before partitions in place. Those engines consumed one classic
 //! queue named `QUEUE_NAME`, bound to `amq.topic`; inputs queued in it while the old engine
 //! was stopped must not be lost, and must go before newer inputs of the same conversation.
@@ -13,7 +15,7 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::FieldTable;
 use lapin::{Connection, ErrorKind};
 
-use super::topology::Layout;
+use super::topology::{self, Layout};
 use super::EXCHANGE;
 
 /// If the legacy queue exists: unbind every input pattern from it and say how many inputs
@@ -44,6 +46,33 @@ pub async fn retire_bindings(conn: &Connection, layout: &Layout, patterns: &[Str
     }
     let _ = ch.close(200, "done".into()).await;
     Ok(Some(queue.message_count()))
+}
+
+/// Partition queues past `PARTITIONS` (`{q}.pNN` from a larger setting), in order: they stay
+/// bound to the hash exchange, so the broker still routes keys to them.
+pub async fn leftover_partitions(conn: &Connection, layout: &Layout) -> lapin::Result<Vec<String>> {
+    let mut found = Vec::new();
+    for n in layout.queues().len()..usize::from(topology::MAX_PARTITIONS) {
+        let queue = topology::partition_queue(layout.base(), n);
+        let ch = conn.create_channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        match ch
+            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+            .await
+        {
+            Ok(_) => {
+                let _ = ch.close(200, "done".into()).await;
+                found.push(queue);
+            }
+            // Bound in order and made in order: the first missing one ends the list.
+            Err(e) if is(&e, AMQPSoftError::NOTFOUND) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(found)
 }
 
 /// Delete the legacy queue if it is empty: false when it is not (yet).

@@ -67,7 +67,9 @@ impl Layout {
 
     /// The partition queues, in binding order.
     pub fn queues(&self) -> Vec<String> {
-        (0..self.partitions).map(|i| format!("{}.p{i:02}", self.base)).collect()
+        (0..usize::from(self.partitions))
+            .map(|i| partition_queue(&self.base, i))
+            .collect()
     }
 
     /// The dead-letter queue, and the key it is bound with on `amq.topic` (publishing there
@@ -105,6 +107,14 @@ impl Layout {
     }
 }
 
+/// Most partitions: two digits in a queue name keep name order and binding order the same.
+pub const MAX_PARTITIONS: u16 = 100;
+
+/// Partition queue `n` of the engine named `base`.
+pub fn partition_queue(base: &str, n: usize) -> String {
+    format!("{base}.p{n:02}")
+}
+
 /// The dead-letter queue of the engine named `base` (see [`Layout::dead_letter`]).
 pub fn dead_letter_key(base: &str) -> String {
     format!("{base}.dead-letter")
@@ -114,8 +124,8 @@ pub fn dead_letter_key(base: &str) -> String {
 /// configuration turned off); unbinding a binding that does not exist is a no-op.
 ///
 /// A queue that exists with other arguments (another `DELIVERY_LIMIT`) fails here with the
-/// broker's `PRECONDITION_FAILED - inequivalent arg …`: queue arguments cannot change, a
-/// policy can (README, operations).
+/// broker's `PRECONDITION_FAILED - inequivalent arg …`: queue arguments cannot change once
+/// the queue exists (README, input layout: drain and delete to change them).
 pub async fn declare(channel: &Channel, layout: &Layout, bindings: &[String], retired: &[String]) -> lapin::Result<()> {
     let durable = QueueDeclareOptions::durable();
     let dead = layout.dead_letter();

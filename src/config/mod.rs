@@ -319,7 +319,7 @@ impl Config {
         if raw.prefetch_messages == 0 {
             return Err(bad("PREFETCH_MESSAGES must be 1..65535"));
         }
-        if !(1..=100).contains(&raw.partitions) {
+        if !(1..=crate::broker::topology::MAX_PARTITIONS).contains(&raw.partitions) {
             return Err(bad("PARTITIONS must be 1..=100"));
         }
         if !(1..=1000).contains(&raw.delivery_limit) {

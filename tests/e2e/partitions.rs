@@ -287,3 +287,49 @@ async fn an_older_engines_queue_is_drained_first_then_deleted() {
         e.log_text()
     );
 }
+
+/// PARTITIONS lowered (3 → 1) with inputs waiting in the higher partitions: those queues are
+/// still bound to the hash exchange, so the engine consumes them too, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowering_partitions_leaves_no_input_unread() {
+    let b = broker();
+    let app = fresh("app");
+    let queue = format!("chat21.engine.{app}");
+    let env = [("APP_ID", app.as_str()), ("QUEUE_NAME", queue.as_str())];
+    let mut before = EngineProc::start(b, &[env[0], env[1], ("PARTITIONS", "3")]).await;
+    before.kill9();
+    let r = fresh("r");
+    let mut inbox = Mqtt::connect(b, &app, &r, Via::Tcp).await;
+    inbox.subscribe_inbox().await;
+    let topics = chat21_engine::topic::Topics::chat21(&app);
+    let conn = admin(b).await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    for i in 0..30 {
+        let key = topics.outgoing(&format!("s{i}"), &r);
+        ch.basic_publish(
+            "amq.topic".into(),
+            key.as_str().into(),
+            BasicPublishOptions::default(),
+            json!({ "text": format!("{i}") }).to_string().as_bytes(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    }
+    ch.wait_for_confirms().await.unwrap();
+    let beyond =
+        depth(&ch, &format!("{queue}.p01")).await.unwrap() + depth(&ch, &format!("{queue}.p02")).await.unwrap();
+    assert!(beyond > 0, "no input waits beyond the first partition");
+
+    let after = EngineProc::start(b, &[env[0], env[1], ("PARTITIONS", "1")]).await;
+    let got = inbox.messages(30, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 30, "log:\n{}", after.log_text());
+    assert!(
+        after
+            .log_text()
+            .contains("PARTITIONS is lower than the partition queues that exist"),
+        "{}",
+        after.log_text()
+    );
+}
