@@ -1,25 +1,38 @@
-//! PostgreSQL for the tests: a fresh schema in the machine's server, or a private server
-//! that a test can stop and start.
+//! PostgreSQL for the tests, always private servers: a fresh schema in the test binary's
+//! shared one, or a server of a test's own that it can stop and start.
 
 use std::path::PathBuf;
 use std::process::Command;
 
 use super::{free_port, fresh};
 
-/// A fresh PostgreSQL schema in the machine's database `test`; returns a DATABASE_URL whose
-/// connections use it (tests never see each other's tables).
+/// A fresh PostgreSQL schema; returns a DATABASE_URL whose connections use it (tests never see
+/// each other's tables). The server is this test binary's own private one (started on first
+/// use, stopped when the binary exits), or `TEST_POSTGRES_URL` when set. Nothing on the
+/// machine's port 5432 is needed.
 pub async fn fresh_pg_schema() -> String {
-    let base = std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let base = match std::env::var("TEST_POSTGRES_URL") {
+        Ok(url) => url,
+        Err(_) => tokio::task::spawn_blocking(|| shared().url()).await.unwrap(),
+    };
     let schema = fresh("t");
-    let pool = sqlx::PgPool::connect(&base)
-        .await
-        .expect("the machine's PostgreSQL (database test)");
+    let pool = sqlx::PgPool::connect(&base).await.expect("the tests' PostgreSQL");
     sqlx::query(&format!("CREATE SCHEMA {schema}"))
         .execute(&pool)
         .await
         .unwrap();
     pool.close().await;
     format!("{base}?options[search_path]={schema}")
+}
+
+/// One private server per test binary, shared by its tests (each in its own schema).
+fn shared() -> &'static PrivatePg {
+    static SHARED: std::sync::OnceLock<PrivatePg> = std::sync::OnceLock::new();
+    SHARED.get_or_init(|| {
+        let pg = PrivatePg::start();
+        pg.reap_when_gone(std::process::id());
+        pg
+    })
 }
 
 /// A private PostgreSQL server (initdb in a temp dir, trust auth, a free loopback port) that
@@ -65,6 +78,28 @@ impl PrivatePg {
         pg
     }
 
+    /// Stop the server and remove its directory once process `pid` is gone, whatever way it
+    /// ended: a static is never dropped, and a crashed test binary must leave nothing running.
+    fn reap_when_gone(&self, pid: u32) {
+        let ctl = self.bin.join("pg_ctl");
+        let script = format!(
+            "trap '' HUP; while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
+             runuser -u postgres -- '{ctl}' -D '{data}' -m immediate stop; rm -rf '{dir}'",
+            ctl = ctl.display(),
+            data = self.data().display(),
+            dir = self.dir.path().display(),
+        );
+        // `setsid -f` forks the reaper off and returns at once: it outlives this process.
+        let st = Command::new("setsid")
+            .args(["-f", "bash", "-c", &script])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("the PostgreSQL reaper");
+        assert!(st.success(), "the PostgreSQL reaper did not start");
+    }
+
     fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -105,7 +140,7 @@ impl PrivatePg {
     pub fn resume(&self) {
         let ctl = self.bin.join("pg_ctl");
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
             self.port,
             self.dir.path().display()
         );
