@@ -21,20 +21,10 @@ use super::EXCHANGE;
 /// If the legacy queue exists: unbind every input pattern from it and say how many inputs
 /// it holds. `None` when there is no such queue (the usual case).
 pub async fn retire_bindings(conn: &Connection, layout: &Layout, patterns: &[String]) -> lapin::Result<Option<u32>> {
-    // A passive declare of a missing queue closes its channel (404): a channel of its own.
+    let Some(held) = depth(conn, layout.legacy_queue()).await? else {
+        return Ok(None);
+    };
     let ch = conn.create_channel().await?;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let queue = match ch
-        .queue_declare(layout.legacy_queue().into(), passive, FieldTable::default())
-        .await
-    {
-        Ok(q) => q,
-        Err(e) if is(&e, AMQPSoftError::NOTFOUND) => return Ok(None),
-        Err(e) => return Err(e),
-    };
     for pattern in patterns {
         ch.queue_unbind(
             layout.legacy_queue().into(),
@@ -45,7 +35,25 @@ pub async fn retire_bindings(conn: &Connection, layout: &Layout, patterns: &[Str
         .await?;
     }
     let _ = ch.close(200, "done".into()).await;
-    Ok(Some(queue.message_count()))
+    Ok(Some(held))
+}
+
+/// How many inputs `queue` holds, `None` if there is no such queue. A passive declare of a
+/// missing queue closes its channel (404): a channel of its own.
+async fn depth(conn: &Connection, queue: &str) -> lapin::Result<Option<u32>> {
+    let ch = conn.create_channel().await?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    match ch.queue_declare(queue.into(), passive, FieldTable::default()).await {
+        Ok(q) => {
+            let _ = ch.close(200, "done".into()).await;
+            Ok(Some(q.message_count()))
+        }
+        Err(e) if is(&e, AMQPSoftError::NOTFOUND) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Partition queues past `PARTITIONS` (`{q}.pNN` from a larger setting), in order: they stay
@@ -54,23 +62,11 @@ pub async fn leftover_partitions(conn: &Connection, layout: &Layout) -> lapin::R
     let mut found = Vec::new();
     for n in layout.queues().len()..usize::from(topology::MAX_PARTITIONS) {
         let queue = topology::partition_queue(layout.base(), n);
-        let ch = conn.create_channel().await?;
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        match ch
-            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
-            .await
-        {
-            Ok(_) => {
-                let _ = ch.close(200, "done".into()).await;
-                found.push(queue);
-            }
-            // Bound in order and made in order: the first missing one ends the list.
-            Err(e) if is(&e, AMQPSoftError::NOTFOUND) => break,
-            Err(e) => return Err(e),
+        // Made and bound in order: the first missing one ends the list.
+        if depth(conn, &queue).await?.is_none() {
+            break;
         }
+        found.push(queue);
     }
     Ok(found)
 }
