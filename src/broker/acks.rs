@@ -75,6 +75,12 @@ impl<H> AckTracker<H> {
         handle
     }
 
+    /// Every settled delivery `take_ackable` cannot cover yet (one below it is in flight or
+    /// not taken), for acks one by one: at shutdown, when those below will never settle here.
+    pub fn take_settled(&mut self) -> Vec<H> {
+        std::mem::take(&mut self.settled).into_values().collect()
+    }
+
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
     }
@@ -116,6 +122,19 @@ mod tests {
         t.delivered(2);
         t.settled(2, "h2");
         assert_eq!(t.take_ackable(), Some("h3"));
+    }
+
+    #[test]
+    fn at_shutdown_what_is_settled_is_handed_out_one_by_one() {
+        let mut t = AckTracker::default();
+        for tag in 1..=3 {
+            t.delivered(tag);
+        }
+        t.settled(2, "h2");
+        t.settled(3, "h3");
+        assert_eq!(t.take_ackable(), None, "1 never settles");
+        assert_eq!(t.take_settled(), vec!["h2", "h3"]);
+        assert_eq!(t.take_ackable(), None);
     }
 
     #[test]

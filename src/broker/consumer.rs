@@ -356,6 +356,15 @@ impl Session<'_> {
             }
         }
         self.flush_acks().await?;
+        if draining {
+            // Deliveries this session will not take or finish (buffered after the cancel,
+            // or waiting for the store) hold back the coalesced ack of everything above them:
+            // ack what is settled one by one, so a graceful stop leaves no published input
+            // to be redelivered.
+            for acker in self.acks.take_settled() {
+                acker.ack(BasicAckOptions { multiple: false }).await?;
+            }
+        }
         Ok(if draining {
             PumpEnd::Shutdown
         } else {
