@@ -4,7 +4,8 @@
 //! `broker` (an AMQP delivery) → `pipeline` (parse with `topic`, look up groups and block
 //! lists, run the pure `handlers`, then the `policy` chain → a decision) → `broker` (publish
 //! with confirms) and `store` (group commit) → `pipeline` (after the commit: cache changes
-//! released, events, follow-up publishes) → `broker` (ack). `domain` holds the typed ids and
+//! released, events, follow-up publishes; `webhooks` records what happened) → `broker` (ack).
+//! `webhooks` then delivers those events from their queues. `domain` holds the typed ids and
 //! messages everything speaks; `config`, `jwt`, `metrics`, `http` and `telemetry` are the
 //! edges; `lib.rs` assembles the parts from the configuration.
 
@@ -23,6 +24,7 @@ pub mod retry;
 pub mod store;
 pub mod telemetry;
 pub mod topic;
+pub mod webhooks;
 
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +46,8 @@ pub struct Engine {
     /// The store, once it answered (the HTTP server starts before, so the ops endpoints
     /// answer while the engine waits for it); the HTTP API reads from it.
     pub store: std::sync::OnceLock<store::Store>,
+    /// What to record and where to deliver it, when webhooks are on.
+    pub webhooks: Option<webhooks::Webhooks>,
 }
 
 impl Engine {
@@ -106,12 +110,13 @@ impl Engine {
             durable,
         );
         Ok(Arc::new(Engine {
-            config,
             pipeline,
             metrics,
             events,
             submitter: broker::Submitter::default(),
             store: std::sync::OnceLock::new(),
+            webhooks: config.webhooks.as_ref().map(webhooks::Webhooks::new),
+            config,
         }))
     }
 

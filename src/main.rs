@@ -38,6 +38,23 @@ enum Command {
     CheckConfig,
     /// Apply the store's schema migrations (also done at every start) and exit.
     Migrate,
+    /// Webhook events that were not delivered within WEBHOOK_RETRY_FOR.
+    Webhooks {
+        #[command(subcommand)]
+        action: WebhookAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebhookAction {
+    /// List them, one a line: endpoint, event id, type, made at (epoch ms), tries, last error.
+    Failed,
+    /// Put them back into their endpoint's queue, each with a new WEBHOOK_RETRY_FOR.
+    Redeliver {
+        /// Only the event with this id.
+        #[arg(long)]
+        id: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -78,6 +95,7 @@ fn main() -> ExitCode {
         },
         Command::Serve => serve(config),
         Command::Migrate => migrate(config),
+        Command::Webhooks { action } => webhooks(config, action),
     }
 }
 
@@ -156,6 +174,61 @@ fn migrate(config: Config) -> ExitCode {
             println!("migrations applied ({})", store.backend().label());
             ExitCode::SUCCESS
         }
+        Err(e) => {
+            eprintln!("chat21-engine: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn webhooks(config: Config, action: WebhookAction) -> ExitCode {
+    use chat21_engine::webhooks::{endpoints, failed};
+    let Some(cfg) = &config.webhooks else {
+        eprintln!("chat21-engine: webhooks are off (WEBHOOK_ENABLED, WEBHOOK_ENDPOINTS): no failed events to look at");
+        return ExitCode::from(2);
+    };
+    let endpoints = endpoints(&cfg.endpoints);
+    let base = config.broker.queue_name.clone();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("chat21-engine: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: Result<(), String> = runtime.block_on(async {
+        let conn = chat21_engine::broker::connect(&config, "chat21-engine webhooks")
+            .await
+            .map_err(|e| e.to_string())?;
+        let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+        // The queues exist once an engine with these endpoints ran; declaring them here makes
+        // a first look work too (and an empty list is the answer).
+        chat21_engine::webhooks::declare(&channel, &base, &endpoints)
+            .await
+            .map_err(|e| e.to_string())?;
+        match action {
+            WebhookAction::Failed => {
+                let all = failed::list(&channel, &base, &endpoints)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                for f in &all {
+                    println!("{}", f.line());
+                }
+                eprintln!("{} failed event(s)", all.len());
+            }
+            WebhookAction::Redeliver { id } => {
+                let n = failed::redeliver(&channel, &base, &endpoints, id.as_deref())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                eprintln!("{n} event(s) redelivered");
+            }
+        }
+        let _ = channel.close(200, "done".into()).await;
+        let _ = conn.close(200, "done".into()).await;
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("chat21-engine: {e}");
             ExitCode::FAILURE

@@ -41,6 +41,36 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookLabels {
+    /// The endpoint's id (10 hex digits of its URL's hash): one per configured endpoint.
+    endpoint: String,
+    result: &'static str,
+}
+
+/// What became of one webhook POST.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookResult {
+    Delivered,
+    /// Failed; tried again later.
+    Retried,
+    /// Not delivered within WEBHOOK_RETRY_FOR: kept in the failed queue.
+    Failed,
+    /// Held past WEBHOOK_HOLD_LIMIT: published again at the queue's tail.
+    Requeued,
+}
+
+impl WebhookResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            WebhookResult::Delivered => "delivered",
+            WebhookResult::Retried => "retried",
+            WebhookResult::Failed => "failed",
+            WebhookResult::Requeued => "requeued",
+        }
+    }
+}
+
 /// Outcome label of an input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -80,6 +110,9 @@ pub struct Metrics {
     lookups: Family<LookupLabels, Counter>,
     presence_changes: Family<PresenceLabels, Counter>,
     blocked: Counter,
+    webhook_events: Counter,
+    webhook_posts: Family<WebhookLabels, Counter>,
+    webhook_latency: Histogram,
     broker_connected: AtomicBool,
     store_ok: AtomicBool,
 }
@@ -148,6 +181,25 @@ impl Metrics {
             "Message copies and typing notices not delivered because the receiver blocked the author",
             blocked.clone(),
         );
+        let webhook_events = Counter::default();
+        registry.register(
+            "webhook_events_queued",
+            "Webhook events confirmed in the endpoint queues (each counted once, whatever the number of endpoints)",
+            webhook_events.clone(),
+        );
+        let webhook_posts = Family::<WebhookLabels, Counter>::default();
+        registry.register(
+            "webhook_posts",
+            "Webhook events by endpoint id and what became of a try: delivered, retried (failed, tried again), failed (kept in the failed queue), requeued (held past WEBHOOK_HOLD_LIMIT, sent round the queue)",
+            webhook_posts.clone(),
+        );
+        // 1 ms … ~9 h: from the event being made to its delivery, retries included.
+        let webhook_latency = Histogram::new(exponential_buckets(0.001, 2.0, 25));
+        registry.register(
+            "webhook_delivery_seconds",
+            "Time from an event being made to its delivery (2xx)",
+            webhook_latency.clone(),
+        );
         // Pre-create every reason so dashboards see zeros rather than missing series.
         for r in RejectReason::ALL {
             let _ = rejections.get_or_create(&ReasonLabels { reason: r.as_str() });
@@ -166,9 +218,29 @@ impl Metrics {
             lookups,
             presence_changes,
             blocked,
+            webhook_events,
+            webhook_posts,
+            webhook_latency,
             broker_connected: AtomicBool::new(false),
             store_ok: AtomicBool::new(true),
         })
+    }
+
+    pub fn webhook_events_queued(&self, n: u64) {
+        self.webhook_events.inc_by(n);
+    }
+
+    /// A webhook POST's result; `seconds`: since the event was made, when delivered.
+    pub fn webhook(&self, endpoint: &str, result: WebhookResult, seconds: Option<f64>) {
+        self.webhook_posts
+            .get_or_create(&WebhookLabels {
+                endpoint: endpoint.to_owned(),
+                result: result.as_str(),
+            })
+            .inc();
+        if let Some(s) = seconds {
+            self.webhook_latency.observe(s);
+        }
     }
 
     pub fn input(&self, kind: &'static str, outcome: Outcome) {

@@ -47,6 +47,7 @@ use crate::store::writer::Poisoned;
 use crate::store::writer::Writer;
 use crate::store::Store;
 use crate::topic::Inbound;
+use crate::webhooks::{Event, Outbox};
 use crate::Engine;
 
 pub enum SessionEnd {
@@ -195,7 +196,7 @@ pub async fn run_session(
     engine: &Arc<Engine>,
     store: Option<&Store>,
     writer: Option<&Writer>,
-    conn: &Connection,
+    conn: &Arc<Connection>,
     shutdown: &CancellationToken,
 ) -> Result<SessionEnd, BrokerError> {
     let cfg = &engine.config.broker;
@@ -208,6 +209,25 @@ pub async fn run_session(
     topology::declare(&consume_ch, &layout, &topics.bindings(), &topics.retired_bindings()).await?;
     let publish_ch = conn.create_channel().await?;
     publish_ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    // Webhooks: the endpoint queues, the outbox that fills them (a confirm channel of its
+    // own), and the dispatchers that empty them, for as long as this session lives.
+    let dispatchers = CancellationToken::new();
+    let _stop_dispatchers = dispatchers.clone().drop_guard();
+    let outbox = match &engine.webhooks {
+        Some(w) => {
+            crate::webhooks::declare(&consume_ch, &cfg.queue_name, &w.endpoints).await?;
+            let outbox_ch = conn.create_channel().await?;
+            outbox_ch.confirm_select(ConfirmSelectOptions::default()).await?;
+            w.spawn_dispatchers(conn, &cfg.queue_name, &engine.metrics, &dispatchers);
+            Some(Outbox::spawn(
+                outbox_ch,
+                &cfg.queue_name,
+                &w.endpoints,
+                engine.metrics.clone(),
+            ))
+        }
+        None => None,
+    };
     // The HTTP API's way to submit inputs: without it the API answers 503, and everything
     // else goes on (a broker user without the reply-queue permissions still consumes).
     if engine.config.http.port != 0 {
@@ -225,6 +245,7 @@ pub async fn run_session(
         unconfirmed: InFlight::default(),
         requeue_backoff: None,
         logs: LogBudget::default(),
+        outbox,
     };
     let result = session.run(conn, &consume_ch, &layout, shutdown).await;
     engine.submitter.disconnect();
@@ -251,6 +272,8 @@ struct Session<'a> {
     requeue_backoff: Option<Box<dyn Iterator<Item = Duration> + Send>>,
     /// The per-input log lines (rejections) within a budget.
     logs: LogBudget,
+    /// Where inputs record their webhook events (webhooks on).
+    outbox: Option<Outbox>,
 }
 
 impl Session<'_> {
@@ -401,6 +424,8 @@ impl Session<'_> {
             Err(rejection) => Err(rejection),
         };
         let mut refused = None;
+        let recorder = engine.webhooks.as_ref().map(|w| &w.recorder);
+        let mut events: Vec<Event> = Vec::new();
         let (publishes, commit, outcome) = match decision {
             Err(Rejection::Drop(reason)) => {
                 // Logged (within the log budget), counted, acked: the inputs behind it keep
@@ -433,12 +458,21 @@ impl Session<'_> {
                 }
                 engine.metrics.rejected(reason);
                 refused = Some(reason);
+                events.extend(recorder.and_then(|r| r.of_refusal(&notice, reason, now)));
                 (vec![*notice], None, Outcome::Rejected)
             }
             Ok(Delivery { plan, changes }) => {
+                if let Some(r) = recorder {
+                    events = r.of_publishes(&plan.publishes, now);
+                }
                 let commit = (!plan.writes.is_empty()).then_some((plan.writes, changes));
                 (plan.publishes, commit, Outcome::Processed)
             }
+        };
+        // Its place in the order of events, taken now (input order); filled after the commit.
+        let slot = match &self.outbox {
+            Some(outbox) if !events.is_empty() || commit.is_some() => Some(outbox.reserve()),
+            _ => None,
         };
         let sent = InFlight::of(&publishes);
         self.make_room(sent).await?;
@@ -472,12 +506,16 @@ impl Session<'_> {
                     engine.metrics.confirmed(started.elapsed().as_secs_f64());
                 }
             }
+            let mut events = Some(events);
             if let Some((committed, changes)) = committed {
                 // Acked only after the writes are committed (§12) and what follows the commit
                 // is confirmed; a closed writer means shutdown: leave the input unacked for the
                 // next engine.
                 match committed.await {
                     Ok(Ok(c)) => {
+                        if let (Some(events), Some(w)) = (&mut events, &engine.webhooks) {
+                            events.extend(w.recorder.of_commit(engine.pipeline.topics(), &c, now));
+                        }
                         for p in engine.pipeline.committed(&changes, &c) {
                             all_acked &= match publish(&channel, p) {
                                 Ok(send) => confirmed(send).await,
@@ -492,9 +530,16 @@ impl Session<'_> {
                         let dead_letters = topology::dead_letter_key(&engine.config.broker.queue_name);
                         all_acked &= confirmed(dead_letter(&channel, &dead_letters, source, &why)).await;
                         outcome = Outcome::DeadLettered;
+                        // Nothing was committed: nothing happened to tell anyone about.
+                        events = None;
                     }
                     Err(_) => all_acked = false,
                 }
+            }
+            // The events, once everything they tell of is done; queued in input order, and
+            // confirmed before the ack. An input tried again records them again (same ids).
+            if let (Some(slot), Some(events), true) = (slot, events, all_acked) {
+                all_acked &= slot.publish(events).await;
             }
             Settled {
                 tag,

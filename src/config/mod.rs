@@ -141,6 +141,21 @@ pub struct HttpConfig {
     pub ops: Option<(String, u16)>,
 }
 
+/// Webhooks (`WEBHOOK_*`), when enabled.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Validated http(s) URLs, in the order given.
+    pub endpoints: Vec<String>,
+    /// The event types to send.
+    pub events: Vec<crate::webhooks::EventType>,
+    pub secret: Option<Secret>,
+    pub timeout: Duration,
+    pub retry_for: Duration,
+    pub retry_max_delay: Duration,
+    pub concurrency: usize,
+    pub hold_limit: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct LogConfig {
     pub level: String,
@@ -157,6 +172,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub http: HttpConfig,
     pub log: LogConfig,
+    /// None = webhooks off.
+    pub webhooks: Option<WebhookConfig>,
     /// Every variable's value in force (given or default), in table order.
     effective: Vec<(&'static Variable, String)>,
 }
@@ -203,6 +220,15 @@ struct Raw {
     ops_http_host: String,
     log_level: String,
     log_format: String,
+    webhook_enabled: bool,
+    webhook_endpoints: Option<String>,
+    webhook_events: Option<String>,
+    webhook_secret: Option<String>,
+    webhook_timeout: String,
+    webhook_retry_for: String,
+    webhook_retry_max_delay: String,
+    webhook_concurrency: usize,
+    webhook_hold_limit: String,
 }
 
 /// A configuration error: printed as one line at start-up, exit code 2.
@@ -258,6 +284,7 @@ impl Config {
     }
 
     fn validate(raw: Raw, effective: Vec<(&'static Variable, String)>) -> Result<Self, ConfigError> {
+        let webhooks = webhooks(&raw)?;
         let auth = match (raw.rabbitmq_uri, raw.rabbitmq_user, &raw.jwt_secret) {
             (Some(uri), _, _) => {
                 if !(uri.starts_with("amqp://") || uri.starts_with("amqps://")) {
@@ -436,6 +463,7 @@ impl Config {
                 level: raw.log_level,
                 format,
             },
+            webhooks,
             effective,
         })
     }
@@ -496,6 +524,86 @@ impl Config {
         }
         s
     }
+}
+
+/// The `WEBHOOK_*` settings: None when off; when on, at least one valid endpoint.
+fn webhooks(raw: &Raw) -> Result<Option<WebhookConfig>, ConfigError> {
+    let list = |s: &Option<String>| -> Vec<String> {
+        s.as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    if !raw.webhook_enabled {
+        return Ok(None);
+    }
+    let endpoints = list(&raw.webhook_endpoints);
+    if endpoints.is_empty() {
+        return Err(bad(
+            "WEBHOOK_ENABLED=true needs WEBHOOK_ENDPOINTS (comma-separated http(s) URLs)",
+        ));
+    }
+    for e in &endpoints {
+        let url =
+            reqwest::Url::parse(e).map_err(|why| bad(format!("WEBHOOK_ENDPOINTS: {e:?} is not a URL ({why})")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(bad(format!(
+                "WEBHOOK_ENDPOINTS: {e:?} must be an http:// or https:// URL with a host"
+            )));
+        }
+    }
+    let mut events = Vec::new();
+    for name in list(&raw.webhook_events) {
+        let kind = crate::webhooks::EventType::parse(&name).ok_or_else(|| {
+            let known: Vec<&str> = crate::webhooks::EventType::ALL.iter().map(|t| t.as_str()).collect();
+            bad(format!(
+                "WEBHOOK_EVENTS: {name:?} is not an event type ({})",
+                known.join(", ")
+            ))
+        })?;
+        if !events.contains(&kind) {
+            events.push(kind);
+        }
+    }
+    if events.is_empty() {
+        events = crate::webhooks::EventType::ALL.to_vec();
+    }
+    if raw.webhook_secret.as_ref().is_some_and(|s| s.len() < 16) {
+        return Err(bad("WEBHOOK_SECRET must be at least 16 bytes"));
+    }
+    if let Some(b64) = raw.webhook_secret.as_deref().and_then(|s| s.strip_prefix("whsec_")) {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|_| bad("WEBHOOK_SECRET starts with whsec_ but the rest is not base64"))?;
+    }
+    let duration = |name: &str, value: &str| {
+        parse_duration(value).filter(|d| !d.is_zero()).ok_or_else(|| {
+            bad(format!(
+                "{name} {value:?} is not a positive duration (e.g. 10s, 5m, 24h)"
+            ))
+        })
+    };
+    let timeout = duration("WEBHOOK_TIMEOUT", &raw.webhook_timeout)?;
+    let retry_for = duration("WEBHOOK_RETRY_FOR", &raw.webhook_retry_for)?;
+    let retry_max_delay = duration("WEBHOOK_RETRY_MAX_DELAY", &raw.webhook_retry_max_delay)?;
+    let hold_limit = duration("WEBHOOK_HOLD_LIMIT", &raw.webhook_hold_limit)?;
+    if !(1..=1000).contains(&raw.webhook_concurrency) {
+        return Err(bad("WEBHOOK_CONCURRENCY must be 1..=1000"));
+    }
+    Ok(Some(WebhookConfig {
+        endpoints,
+        events,
+        secret: raw.webhook_secret.clone().map(Secret::new),
+        timeout,
+        retry_for,
+        retry_max_delay,
+        concurrency: raw.webhook_concurrency,
+        hold_limit,
+    }))
 }
 
 /// `scheme://user:password@host…` → `scheme://user:<redacted>@host…`.

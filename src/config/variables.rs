@@ -88,6 +88,16 @@ pub const VARIABLES: &[Variable] = &[
     var("RATE_LIMIT_COMMANDS_PER_MIN", "1200", "Commands of each kind (receipts, conversation updates, archives, presence, typing, blocks) a user may send per minute, each kind its own bucket (0 = no limit); TRUSTED_SENDERS are exempt"),
     var("POLICY_FILE", "", "Content rules (.toml or .json): max text size, deny patterns (reject or mask), per-app overrides; reloaded on SIGHUP. See deploy/policy.example.toml"),
     var("PRESENCE_ENABLED", "false", "Consume presence (I5): count each user's connected clients, record online/offline and last seen (needs a store)"),
+    // Webhooks (PROTOCOL §13; README, Webhooks).
+    var("WEBHOOK_ENABLED", "false", "POST events (message-sent, message-delivered, …) to WEBHOOK_ENDPOINTS: queued durably in the broker before an input is acked, retried, signed"),
+    url("WEBHOOK_ENDPOINTS", "", "Comma-separated http:// or https:// URLs; each gets every event, through a queue of its own (QUEUE_NAME.webhooks.<id>)"),
+    var("WEBHOOK_EVENTS", "", "Comma-separated event types to send (unset: all): message-sent, message-delivered, message-return-receipt, conversation-archived, conversation-unarchived, presence-change, message-rejected"),
+    secret("WEBHOOK_SECRET", "Signs every POST: X-Chat21-Signature (hex HMAC-SHA256 of the body) and the Standard Webhooks headers; a whsec_ prefix means the rest is the base64 key. At least 16 bytes"),
+    var("WEBHOOK_TIMEOUT", "10s", "Time an endpoint has to answer one POST with a 2xx"),
+    var("WEBHOOK_RETRY_FOR", "24h", "How long a failing event is retried (from when it was made) before it is kept as failed (QUEUE_NAME.webhooks.<id>.failed; `chat21-engine webhooks failed`)"),
+    var("WEBHOOK_RETRY_MAX_DELAY", "5m", "Longest wait between two tries of one event (they start at 1 s and double, jittered)"),
+    var("WEBHOOK_CONCURRENCY", "16", "POSTs in flight per endpoint (events of one conversation always go one at a time, in order)"),
+    var("WEBHOOK_HOLD_LIMIT", "10m", "Longest an endpoint's consumer holds a batch of events it cannot deliver before requeueing the rest at the queue's tail (below the broker's consumer_timeout)"),
     // HTTP and logs.
     var("HTTP_PORT", "8004", "Port of the HTTP API (/api/…) and, unless OPS_HTTP_PORT is set, of /healthz, /readyz, /metrics (0 = no HTTP server)"),
     var("HTTP_HOST", "0.0.0.0", "Address the HTTP server binds"),

@@ -69,6 +69,22 @@ impl Running {
         chat21_engine::topic::Topics::from_config(&config.topics).expect("the engine's topics")
     }
 
+    /// Run the binary's command `args` with the engine's environment, as an operator would:
+    /// its exit code, stdout and stderr.
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(ENGINE)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .args(args)
+            .output()
+            .expect("run chat21-engine");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// A user token from the binary's own `token` command, run with the engine's environment
     /// — the way an operator mints one. Panics with the command's message if it refuses.
     pub fn cli_token(&self, user: &str) -> String {

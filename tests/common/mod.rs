@@ -1,6 +1,6 @@
 //! Test harness, by concern: `broker` (one private RabbitMQ node per test binary), `engine`
 //! (the engine as a child process or in-process, and what a test knows of it), `mqtt` (real
-//! MQTT clients with minted JWTs), `amqp` (taps and raw publishes), `postgres`, `http`. Each
+//! MQTT clients with minted JWTs), `amqp` (taps and raw publishes), `postgres`, `http`, `webhook` (a real HTTP receiver). Each
 //! test gets its own app id and queue, so tests share the node without seeing each other's
 //! traffic.
 #![allow(dead_code, unused_imports)]
@@ -11,6 +11,7 @@ mod engine;
 mod http;
 mod mqtt;
 mod postgres;
+mod webhook;
 
 pub use amqp::*;
 pub use broker::*;
@@ -18,6 +19,7 @@ pub use engine::*;
 pub use http::*;
 pub use mqtt::*;
 pub use postgres::*;
+pub use webhook::*;
 
 use std::time::{Duration, Instant};
 

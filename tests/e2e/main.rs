@@ -17,3 +17,4 @@ mod policies;
 mod real_client;
 mod security;
 mod seed;
+mod webhooks;

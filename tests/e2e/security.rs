@@ -219,6 +219,88 @@ async fn amqp_user_token_cannot_reach_engine_queue_or_other_queues() {
     assert_eq!(http_get(engine.http_port, "/readyz").await.unwrap().0, 200);
 }
 
+/// Webhook queues hold every user's events: a user token over AMQP can neither read them,
+/// nor tap their routing keys, nor forge an event into them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_user_token_cannot_read_or_forge_webhook_events() {
+    let b = broker();
+    let hook = Receiver::start().await;
+    let url = hook.url();
+    let engine = EngineTask::start(b, &[("WEBHOOK_ENABLED", "true"), ("WEBHOOK_ENDPOINTS", &url)]).await;
+    let endpoint = chat21_engine::webhooks::Endpoint::new(&url);
+    let (queue, failed) = (endpoint.queue(&engine.queue), endpoint.failed(&engine.queue));
+    let u1 = fresh("u");
+    let token = b.token(&engine.app, &u1);
+    let uri = format!("amqp://{u1}:{token}@127.0.0.1:{}/%2f", b.amqp_port);
+    let conn = lapin::Connection::connect(&uri, Default::default())
+        .await
+        .expect("a user token logs in over AMQP");
+    for q in [&queue, &failed] {
+        let ch = conn.create_channel().await.unwrap();
+        let r = ch
+            .basic_consume(
+                q.as_str().into(),
+                "steal".into(),
+                BasicConsumeOptions::default(),
+                Default::default(),
+            )
+            .await;
+        assert!(r.is_err(), "consumed {q}");
+        let ch = conn.create_channel().await.unwrap();
+        assert!(
+            ch.basic_get(q.as_str().into(), BasicGetOptions::default())
+                .await
+                .is_err(),
+            "basic.get on {q}"
+        );
+        // A tap: the user's own session queue bound to the webhook key.
+        let ch = conn.create_channel().await.unwrap();
+        let own = format!("mqtt-subscription-{}qos0", fresh("c"));
+        let opts = QueueDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        };
+        ch.queue_declare(own.as_str().into(), opts, Default::default())
+            .await
+            .expect("session queue");
+        let r = ch
+            .queue_bind(
+                own.as_str().into(),
+                "amq.topic".into(),
+                q.as_str().into(),
+                QueueBindOptions::default(),
+                Default::default(),
+            )
+            .await;
+        assert!(r.is_err(), "bound a tap on {q}");
+        // A forged event.
+        let ch = conn.create_channel().await.unwrap();
+        ch.confirm_select(Default::default()).await.unwrap();
+        let forged =
+            br#"[{"id":"evt_forged","type":"message-sent","lane":1,"at":1,"body":{"event_type":"message-sent"}}]"#;
+        let sent = ch
+            .basic_publish(
+                "amq.topic".into(),
+                q.as_str().into(),
+                Default::default(),
+                forged,
+                Default::default(),
+            )
+            .await;
+        let confirmed = match sent {
+            Ok(confirm) => matches!(confirm.await, Ok(lapin::Confirmation::Ack(_))),
+            Err(_) => false,
+        };
+        assert!(!confirmed, "published a forged event into {q}");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        hook.hits().iter().all(|h| h.header("webhook-id") != Some("evt_forged")),
+        "a forged event reached the endpoint"
+    );
+    assert_eq!(http_get(engine.http_port, "/readyz").await.unwrap().0, 200);
+}
+
 /// A token whose scopes hold `%55%31` where the user id goes: the broker URL-decodes the
 /// pattern, so it carries the rights of `decoded`. Signed with the broker's key directly —
 /// the engine's own minter cannot be asked for it (that is what this file tests).
@@ -304,17 +386,30 @@ async fn ids_the_broker_reinterprets_are_refused_everywhere() {
 
 /// The engine runs with exactly the broker permissions production gives it (compose's
 /// `docker-entrypoint.sh` and this test share `deploy/rabbitmq/engine-permissions.sh`): its
-/// queue, its dead-letter queue, `amq.topic` — and with them it reaches nothing else.
+/// queues, its dead-letter queue, its webhook queues, `amq.topic` — and with them it reaches
+/// nothing else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_engine_runs_with_its_least_privilege_user_and_reaches_nothing_else() {
     let b = broker();
     let queue = format!("chat21.engine.{}", fresh("lp"));
     let uri = b.engine_user(&fresh("engine"), "engine-password", &queue);
-    let e = EngineTask::start(b, &[("RABBITMQ_URI", uri.as_str()), ("QUEUE_NAME", queue.as_str())]).await;
+    let hook = Receiver::start().await;
+    let url = hook.url();
+    let e = EngineTask::start(
+        b,
+        &[
+            ("RABBITMQ_URI", uri.as_str()),
+            ("QUEUE_NAME", queue.as_str()),
+            ("WEBHOOK_ENABLED", "true"),
+            ("WEBHOOK_ENDPOINTS", url.as_str()),
+        ],
+    )
+    .await;
     let (u1, u2) = (fresh("u"), fresh("u"));
     let mut cl = inboxes(b, &e, &[&u1, &u2]).await;
     send(&mut cl[0], &e, &u2, serde_json::json!({"text": "least privilege"})).await;
     assert_eq!(one(&mut cl[1], &e).await.1["text"], "least privilege");
+    hook.wait_until("the webhook events", WAIT, |h| h.len() >= 2).await;
 
     let other = format!("other.{}", fresh(""));
     let admin = lapin::Connection::connect(&b.amqp_uri, Default::default())

@@ -1,0 +1,118 @@
+//! Webhooks (PROTOCOL §13): every event, durable, retried, signed.
+//!
+//! The way an event travels:
+//!
+//! ```text
+//! input committed → event (pure, `event.rs`) → outbox: one confirmed publish per endpoint
+//!   queue, before the input is acked (`outbox.rs`) → endpoint queue (quorum, one per
+//!   endpoint, `endpoint.rs`) → dispatcher: lanes, POST, retries (`dispatch.rs`)
+//!   → delivered, or after WEBHOOK_RETRY_FOR the endpoint's failed queue (`failed.rs`)
+//! ```
+//!
+//! The broker holds the backlog, so an endpoint that is down for hours costs the engine no
+//! memory, and an engine that is killed loses nothing: the input that caused an event is acked
+//! only once the event is confirmed in every endpoint's queue, and a batch of events is acked
+//! only once each of its events is delivered or kept as failed.
+
+mod dispatch;
+mod endpoint;
+mod event;
+pub mod failed;
+mod outbox;
+mod sign;
+
+pub use dispatch::{client, Settings as DispatchSettings};
+pub use endpoint::{declare, endpoints, Endpoint};
+pub use event::{Event, EventType, Recorder};
+pub use outbox::{Outbox, Slot};
+pub use sign::Signer;
+
+use lapin::Connection;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::WebhookConfig;
+use crate::metrics::Metrics;
+use crate::retry::Backoff;
+
+/// Webhooks as configured: what to record, where to, how to deliver.
+pub struct Webhooks {
+    pub recorder: Recorder,
+    pub endpoints: Vec<Endpoint>,
+    settings: Arc<DispatchSettings>,
+    client: reqwest::Client,
+}
+
+impl Webhooks {
+    pub fn new(cfg: &WebhookConfig) -> Webhooks {
+        Webhooks {
+            recorder: Recorder::new(&cfg.events),
+            endpoints: endpoints(&cfg.endpoints),
+            settings: Arc::new(DispatchSettings {
+                timeout: cfg.timeout,
+                retry_for: cfg.retry_for,
+                backoff: Backoff::new(std::time::Duration::from_secs(1), cfg.retry_max_delay),
+                concurrency: cfg.concurrency,
+                hold_limit: cfg.hold_limit,
+                signer: cfg.secret.as_ref().map(|s| Signer::new(s.expose())),
+            }),
+            client: client(),
+        }
+    }
+
+    /// Deliver every endpoint's queue on `conn` until `stop`; a dispatcher whose channel
+    /// fails starts again on a new one while the connection lives.
+    pub fn spawn_dispatchers(
+        &self,
+        conn: &Arc<Connection>,
+        base: &str,
+        metrics: &Arc<Metrics>,
+        stop: &CancellationToken,
+    ) {
+        for endpoint in &self.endpoints {
+            let (conn, base, endpoint) = (conn.clone(), base.to_owned(), endpoint.clone());
+            let (settings, client, metrics, stop) = (
+                self.settings.clone(),
+                self.client.clone(),
+                metrics.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                let mut delays = Backoff::BROKER.delays();
+                while !stop.is_cancelled() && conn.status().connected() {
+                    let run = dispatch::run(
+                        &conn,
+                        &base,
+                        endpoint.clone(),
+                        settings.clone(),
+                        client.clone(),
+                        metrics.clone(),
+                        stop.clone(),
+                    );
+                    match run.await {
+                        Ok(()) if stop.is_cancelled() => return,
+                        Ok(()) => {
+                            tracing::warn!(endpoint = %endpoint.shown(), "the broker cancelled the webhook consumer; starting again")
+                        }
+                        Err(e) => {
+                            tracing::warn!(endpoint = %endpoint.shown(), error = %e, "webhook dispatcher stopped; starting again")
+                        }
+                    }
+                    let delay = delays.next().unwrap_or(Backoff::BROKER.max);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Now, in epoch milliseconds.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
