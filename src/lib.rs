@@ -4,7 +4,7 @@
 //! `broker` (an AMQP delivery) → `pipeline` (parse with `topic`, look up groups and block
 //! lists, run the pure `handlers`, then the `policy` chain → a decision) → `broker` (publish
 //! with confirms) and `store` (group commit) → `pipeline` (after the commit: cache changes
-//! released, events, follow-up publishes; `webhooks` records what happened) → `broker` (ack).
+//! released, follow-up publishes; `webhooks` records what happened) → `broker` (ack).
 //! `webhooks` then delivers those events from their queues. `domain` holds the typed ids and
 //! messages everything speaks; `config`, `jwt`, `metrics`, `http` and `telemetry` are the
 //! edges; `lib.rs` assembles the parts from the configuration.
@@ -12,7 +12,6 @@
 pub mod broker;
 pub mod config;
 pub mod domain;
-pub mod events;
 pub mod handlers;
 pub mod http;
 pub mod jwt;
@@ -40,7 +39,6 @@ pub struct Engine {
     pub config: Config,
     pub pipeline: Pipeline,
     pub metrics: Arc<Metrics>,
-    pub events: events::Events,
     /// Inputs the HTTP API submits through the broker (see `broker::submit`).
     pub submitter: broker::Submitter,
     /// The store, once it answered (the HTTP server starts before, so the ops endpoints
@@ -64,7 +62,6 @@ impl Engine {
         let topics = Topics::from_config(&config.topics).map_err(|e| ConfigError(format!("PATH_PREFIX: {e}")))?;
         let topics = Arc::new(topics);
         let metrics = Metrics::new();
-        let events = events::Events::default();
         let p = &config.policy;
         let trusted_senders = trusted_senders(&p.trusted_senders)?;
         let rules = match &p.policy_file {
@@ -100,19 +97,10 @@ impl Engine {
             ttl: p.cache_ttl,
         };
         let durable = config.store.is_some();
-        let pipeline = Pipeline::new(
-            topics,
-            chain,
-            settings,
-            caches,
-            metrics.clone(),
-            events.clone(),
-            durable,
-        );
+        let pipeline = Pipeline::new(topics, chain, settings, caches, metrics.clone(), durable);
         Ok(Arc::new(Engine {
             pipeline,
             metrics,
-            events,
             submitter: broker::Submitter::default(),
             store: std::sync::OnceLock::new(),
             webhooks: config.webhooks.as_ref().map(webhooks::Webhooks::new),

@@ -155,7 +155,7 @@ pub struct Committed {
     /// Archived conversations a new message of this input un-archived, as they are now.
     pub unarchived: Vec<Conversation>,
     /// Online/offline transitions this input's presence writes caused.
-    pub presence: Vec<crate::events::PresenceChange>,
+    pub presence: Vec<PresenceChange>,
     /// Senders to be told that their message was received.
     pub receipts: Vec<ReceiptNotice>,
 }
@@ -173,6 +173,16 @@ impl Committed {
         self.presence.extend(other.presence);
         self.receipts.extend(other.receipts);
     }
+}
+
+/// A user went online (first connected client) or offline (last one gone) — PROTOCOL §7.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceChange {
+    pub app_id: AppId,
+    pub user_id: UserId,
+    pub online: bool,
+    /// Epoch milliseconds of the input that caused it (the last-seen time when offline).
+    pub at_ms: i64,
 }
 
 /// A checked receipt, to pass on to the message's sender (§5): `to`'s copy of `message_id`,

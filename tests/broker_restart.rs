@@ -1,6 +1,7 @@
 //! The broker node is stopped and restarted mid-stream: the engine reconnects by itself and
 //! every message whose QoS 1 publish the broker acknowledged (before the stop or after the
-//! restart) reaches the recipient's inbox. This test owns its node (it restarts it).
+//! restart) reaches the recipient's inbox, and its webhook event reaches the endpoint. This
+//! test owns its node (it restarts it).
 
 mod common;
 
@@ -32,7 +33,9 @@ async fn publish_confirmed(c: &mut Mqtt, key: &str, body: &[u8]) -> Option<()> {
 #[tokio::test]
 async fn broker_restart_mid_stream_loses_no_acknowledged_message() {
     let b = broker();
-    let engine = EngineProc::start(b, &[]).await;
+    let hook = Receiver::start().await;
+    let url = hook.url();
+    let engine = EngineProc::start(b, &[("WEBHOOK_ENABLED", "true"), ("WEBHOOK_ENDPOINTS", &url)]).await;
     let app = engine.app.clone();
     let (s, r) = (fresh("s"), fresh("r"));
     let tap_queue = Tap::new(b, &format!("apps.{app}.users.{r}.messages.*.clientadded"))
@@ -100,8 +103,20 @@ async fn broker_restart_mid_stream_loses_no_acknowledged_message() {
         "acknowledged but lost: {missing:?}\nengine log:\n{}",
         engine.log_text()
     );
+    // Their events too: queued in the broker before each input was acked.
+    let got = hook
+        .wait_until("every acknowledged message's webhook", Duration::from_secs(60), |h| {
+            let delivered: HashSet<i64> = h
+                .iter()
+                .filter(|x| x.json["event_type"] == "message-delivered")
+                .filter_map(|x| x.json["data"]["seq"].as_i64())
+                .collect();
+            wanted.is_subset(&delivered)
+        })
+        .await;
     eprintln!(
-        "broker restart: {} of {N} publishes acknowledged, all delivered",
-        acked.len()
+        "broker restart: {} of {N} publishes acknowledged, all delivered, {} webhook POSTs",
+        acked.len(),
+        got.len()
     );
 }

@@ -9,6 +9,10 @@
 //!   VmHWM after the burst (memory must be bounded by the prefetch, not by the burst).
 //! - latency: messages at a fixed rate; send-to-recipient-copy percentiles.
 //!
+//! `--policies` and `--webhooks healthy|dead` compare the engine with that feature on against
+//! the same engine without it, instead of against the relay; with a healthy endpoint the
+//! events' delivery latency (made → received) is reported too.
+//!
 //! Build everything, then run:  cargo build --release --bins && target/release/bench
 
 use clap::Parser;
@@ -27,7 +31,10 @@ const DELIVERY_LIMIT: u32 = 20;
 
 #[path = "bench/common.rs"]
 mod common;
+#[path = "bench/hooks.rs"]
+mod hooks;
 use common::{cpu_seconds, median, peak_rss_mb, percentile, PrivateNode, Sink};
+use hooks::HookSink;
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "chat21-engine vs minimal relay: throughput, latency, CPU, memory")]
@@ -68,9 +75,20 @@ struct Args {
     /// without policies, instead of engine vs relay.
     #[arg(long)]
     policies: Option<usize>,
+    /// Compare the engine with webhooks on against the same engine with them off, instead of
+    /// engine vs relay: `healthy` (one local endpoint that answers 200 to every event; event
+    /// latency reported) or `dead` (one endpoint where nothing listens, for the whole run).
+    #[arg(long)]
+    webhooks: Option<Webhooks>,
     /// Use an already running broker (AMQP URI with admin rights) instead of a private node.
     #[arg(long)]
     amqp_uri: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+enum Webhooks {
+    Healthy,
+    Dead,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -79,6 +97,8 @@ enum Subject {
     Relay,
     /// The engine with every policy stage busy (`--policies`).
     Policies,
+    /// The engine with webhooks on (`--webhooks`).
+    Webhooks,
 }
 
 impl Subject {
@@ -87,6 +107,7 @@ impl Subject {
             Subject::Engine => "engine",
             Subject::Relay => "relay",
             Subject::Policies => "engine+policies",
+            Subject::Webhooks => "engine+webhooks",
         }
     }
 }
@@ -99,6 +120,10 @@ struct RoundResult {
     p50_ms: f64,
     p99_ms: f64,
     p999_ms: f64,
+    /// Webhook events: delivery latency (made → received) at the fixed rate, and events per
+    /// second during the burst (webhooks on, healthy endpoint).
+    event_p50_ms: f64,
+    event_p99_ms: f64,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -136,9 +161,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let conn = Connection::connect(&uri, Default::default()).await?;
     let mut results: HashMap<Subject, Vec<RoundResult>> = HashMap::new();
     // The subject measured, and its baseline.
-    let (subject, baseline) = match args.policies {
-        Some(_) => (Subject::Policies, Subject::Engine),
-        None => (Subject::Engine, Subject::Relay),
+    let (subject, baseline) = match (args.policies, args.webhooks) {
+        (Some(_), _) => (Subject::Policies, Subject::Engine),
+        (None, Some(_)) => (Subject::Webhooks, Subject::Engine),
+        (None, None) => (Subject::Engine, Subject::Relay),
+    };
+    let hooks = match args.webhooks {
+        Some(Webhooks::Healthy) => Some(HookSink::start().await?),
+        _ => None,
+    };
+    let endpoint = match (&hooks, args.webhooks) {
+        (Some(h), _) => Some(h.url.clone()),
+        (None, Some(Webhooks::Dead)) => Some(hooks::dead_url()?),
+        _ => None,
     };
     let policy_file = std::env::temp_dir().join(format!("chat21-bench-policy-{}.toml", std::process::id()));
     std::fs::write(&policy_file, bench_policy())?;
@@ -149,7 +184,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             [baseline, subject]
         };
         for subject in order {
-            let r = run_round(&conn, &uri, &bin_dir, subject, &args, &policy_file).await?;
+            let hook = Hook {
+                url: endpoint.as_deref(),
+                sink: hooks.as_ref(),
+            };
+            let r = run_round(&conn, &uri, &bin_dir, subject, &args, &policy_file, hook).await?;
             eprintln!(
                 "round {} {:>6}: {:>8.0} msg/s  cpu {:>6.1} µs/msg  rss {:>5.1} MB  p50 {:>6.2} ms  p99 {:>6.2} ms",
                 round + 1,
@@ -231,6 +270,21 @@ fn report(results: &HashMap<Subject, Vec<RoundResult>>, args: &Args, subject: Su
     println!("\n{a}/{b} throughput ratio: {tp:.2}");
     println!("{a}/{b} p99 latency ratio: {p99:.2}");
     println!("{a} peak RSS: {rss:.1} MB");
+    if args.webhooks == Some(Webhooks::Healthy) {
+        println!(
+            "webhook event latency (made → received) at {} msg/s: p50 {:.1} ms, p99 {:.1} ms",
+            args.rate,
+            med(subject, |r| r.event_p50_ms),
+            med(subject, |r| r.event_p99_ms)
+        );
+    }
+}
+
+/// Where the webhooks subject sends its events, and the receiver when it is ours.
+#[derive(Clone, Copy)]
+struct Hook<'a> {
+    url: Option<&'a str>,
+    sink: Option<&'a HookSink>,
 }
 
 async fn run_round(
@@ -240,6 +294,7 @@ async fn run_round(
     subject: Subject,
     args: &Args,
     policy_file: &Path,
+    hook: Hook<'_>,
 ) -> Result<RoundResult, Box<dyn std::error::Error>> {
     let app = format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let queue = format!("chat21.bench.{app}");
@@ -307,7 +362,11 @@ async fn run_round(
         "sqlite" => format!("sqlite://{}/bench-{app}.db", std::env::temp_dir().display()),
         other => other.to_string(),
     };
-    let mut child = spawn_subject(bin_dir, subject, uri, &app, &queue, args, &store, policy_file)?;
+    let hook_url = hook.url.filter(|_| subject == Subject::Webhooks);
+    if let Some(sink) = hook.sink {
+        sink.reset();
+    }
+    let mut child = spawn_subject(bin_dir, subject, uri, &app, &queue, args, &store, policy_file, hook_url)?;
     let pid = child.id();
     let cpu0 = cpu_seconds(pid);
     let copies = args.messages as u64 * fanout;
@@ -317,12 +376,37 @@ async fn run_round(
     // Messages (not copies) per second, so direct and group runs read the same way.
     let msgs_per_sec = (copies as f64 - 1.0) / fanout as f64 / (last - first).as_secs_f64().max(1e-9);
 
+    // Events per message: direct, the sender's copy (sent) and the recipient's (delivered);
+    // group, each member's copy (delivered) and the group timeline's (sent).
+    let events_per_msg = if args.group_size > 0 { fanout } else { 2 };
+    let hook_sink = hook.sink.filter(|_| subject == Subject::Webhooks);
+    if let Some(h) = hook_sink {
+        // The burst's events first, so the latency phase measures events, not a backlog.
+        if !h
+            .wait_for(args.messages as u64 * events_per_msg, Duration::from_secs(300))
+            .await
+        {
+            eprintln!("bench: not every webhook event of the burst arrived within 300 s");
+        }
+        h.reset();
+    }
+
     // Latency at a fixed rate.
     sink.reset();
     let total = args.rate * args.seconds;
+    let paced_from_ms = now_ms();
     publish_paced(&ch, &topics, args, epoch, total).await?;
     sink.wait_for(total * fanout, Duration::from_secs(120)).await?;
     let lat = sink.latencies_ms();
+    let event_lat = match hook_sink {
+        Some(h) => {
+            if !h.wait_for(total * events_per_msg, Duration::from_secs(120)).await {
+                eprintln!("bench: not every webhook event of the latency phase arrived within 120 s");
+            }
+            h.latencies_ms(paced_from_ms)
+        }
+        None => Vec::new(),
+    };
 
     let _ = child.kill();
     let _ = child.wait();
@@ -331,7 +415,18 @@ async fn run_round(
             let _ = std::fs::remove_file(format!("{path}{suffix}"));
         }
     }
-    for q in layout.queues().into_iter().chain([layout.dead_letter()]) {
+    let endpoint_queues = hook_url
+        .map(|u| {
+            let e = chat21_engine::webhooks::Endpoint::new(u);
+            vec![e.queue(&queue), e.failed(&queue)]
+        })
+        .unwrap_or_default();
+    for q in layout
+        .queues()
+        .into_iter()
+        .chain([layout.dead_letter()])
+        .chain(endpoint_queues)
+    {
         let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
     }
     let _ = ch
@@ -345,7 +440,16 @@ async fn run_round(
         p50_ms: percentile(&lat, 0.50),
         p99_ms: percentile(&lat, 0.99),
         p999_ms: percentile(&lat, 0.999),
+        event_p50_ms: percentile(&event_lat, 0.50),
+        event_p99_ms: percentile(&event_lat, 0.99),
     })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
 }
 
 /// The benchmark group's id and member ids.
@@ -436,10 +540,11 @@ fn spawn_subject(
     args: &Args,
     store: &str,
     policy_file: &Path,
+    webhook: Option<&str>,
 ) -> std::io::Result<Child> {
     let members: Vec<String> = (0..args.group_size).map(member).collect();
     let bin = bin_dir.join(match subject {
-        Subject::Engine | Subject::Policies => "chat21-engine",
+        Subject::Engine | Subject::Policies | Subject::Webhooks => "chat21-engine",
         Subject::Relay => "relay",
     });
     let mut cmd = Command::new(bin);
@@ -451,6 +556,9 @@ fn spawn_subject(
     } else {
         // The plain engine: no rate limit (the default would refuse the burst's senders).
         cmd.env("RATE_LIMIT_PER_MIN", "0");
+    }
+    if let Some(url) = webhook {
+        cmd.env("WEBHOOK_ENABLED", "true").env("WEBHOOK_ENDPOINTS", url);
     }
     cmd.env("RABBITMQ_URI", uri)
         .env("APP_ID", app)

@@ -584,6 +584,9 @@ impl Session<'_> {
             };
             self.tell(s.reply, settlement);
         } else {
+            if self.outbox.as_ref().is_some_and(Outbox::is_broken) {
+                return Err(BrokerError::OutboxClosed);
+            }
             // The broker could not take a copy: try the whole input again later (copies that
             // did get through are repeated with the same message_id when the client gave one).
             // Not at once: a broker that refuses every publish (a full queue with

@@ -1,5 +1,5 @@
-//! A budget for the per-input log lines (rejections): a flood of bad inputs from one client
-//! must not become a flood of log lines (disk, collectors, and the CPU the broker needs). Up
+//! A budget for per-input (and per-event) log lines — rejections, failing webhook POSTs: a
+//! flood of bad inputs from one client, or a dead endpoint, must not become a flood of log lines (disk, collectors, and the CPU the broker needs). Up
 //! to `PER_SECOND` lines a second pass, with bursts; the lines over it are not written but
 //! counted, and the next line written says how many were left out. The counters in
 //! `/metrics` stay exact either way.

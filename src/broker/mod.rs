@@ -5,7 +5,7 @@ mod acks;
 mod connect;
 mod consumer;
 mod legacy;
-mod log_budget;
+pub(crate) mod log_budget;
 pub mod submit;
 mod supervisor;
 pub mod topology;
@@ -23,6 +23,8 @@ pub enum BrokerError {
     Amqp(#[from] lapin::Error),
     #[error("the broker cancelled the consumer")]
     ConsumerEnded,
+    #[error("the broker closed the channel webhook events are published on")]
+    OutboxClosed,
     #[error("service token: {0}")]
     ServiceToken(#[from] crate::jwt::JwtError),
 }

@@ -5,7 +5,7 @@
 //! parse (topic + body) → lookups (group, block lists: cache, then store) → handler (pure)
 //!   → policy chain → cache changes → Decision
 //! … the source publishes the plan and commits its writes, then:
-//! committed → cache changes released, events emitted, follow-up publishes
+//! committed → cache changes released, presence counted, follow-up publishes
 //! ```
 //!
 //! The pipeline never publishes, commits or acks: a source does that with the [`Decision`]
@@ -28,7 +28,6 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{AppId, Group, UserId};
-use crate::events::{Event, Events};
 use crate::handlers::{Input, Settings};
 use crate::metrics::{CacheKind, Metrics};
 use crate::plan::{Committed, Context, Plan, Publish, Rejection, Write};
@@ -64,7 +63,6 @@ pub struct Pipeline {
     groups: GroupCache,
     blocks: BlockCache,
     metrics: Arc<Metrics>,
-    events: Events,
     /// Writes are committed by a store: cache changes stay in the overlay until then.
     durable: bool,
 }
@@ -83,7 +81,6 @@ impl Pipeline {
         settings: Settings,
         caches: CacheSizes,
         metrics: Arc<Metrics>,
-        events: Events,
         durable: bool,
     ) -> Pipeline {
         Pipeline {
@@ -93,7 +90,6 @@ impl Pipeline {
             groups: GroupCache::new(caches.groups, caches.ttl),
             blocks: BlockCache::new(caches.blocks, caches.ttl),
             metrics,
-            events,
             durable,
         }
     }
@@ -184,7 +180,8 @@ impl Pipeline {
     }
 
     /// An input's writes committed: its cache changes are what a store read returns now, its
-    /// events are facts; returns the publishes that depend on what the commit changed.
+    /// presence transitions are facts (counted and logged here; sent as webhooks by the
+    /// consumer); returns the publishes that depend on what the commit changed.
     pub fn committed(&self, changes: &Changes, committed: &Committed) -> Vec<Publish> {
         for g in &changes.groups {
             self.groups.committed(g);
@@ -194,7 +191,7 @@ impl Pipeline {
         }
         for change in &committed.presence {
             self.metrics.presence_changed(change.online);
-            self.events.emit(Event::Presence(change.clone()));
+            tracing::info!(app = %change.app_id, user = %change.user_id, online = change.online, "presence changed");
         }
         crate::handlers::after_commit(&self.topics, committed)
     }

@@ -114,7 +114,7 @@ fn pipeline(cache: u64) -> Pipeline {
         blocks: cache,
         ttl: Duration::from_secs(60),
     };
-    Pipeline::new(topics, chain, settings(), caches, metrics, Events::default(), true)
+    Pipeline::new(topics, chain, settings(), caches, metrics, true)
 }
 
 async fn decide(p: &Pipeline, store: &Memory, key: &str, body: &str) -> Decision {
@@ -518,15 +518,7 @@ async fn a_throttled_sender_costs_no_store_read() {
         blocks: 1000,
         ttl: Duration::from_secs(60),
     };
-    let p = Pipeline::new(
-        topics.clone(),
-        chain,
-        settings(),
-        caches,
-        Metrics::new(),
-        Events::default(),
-        true,
-    );
+    let p = Pipeline::new(topics.clone(), chain, settings(), caches, Metrics::new(), true);
     let store = Memory::default();
     assert!(decide(&p, &store, &topics.outgoing("A", "G1"), GROUP_MSG).await.is_ok());
     let reads = store.group_reads.load(Ordering::SeqCst);

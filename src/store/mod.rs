@@ -449,7 +449,7 @@ async fn update(tx: &mut sql::Tx<'_>, at: WriteIndex, w: &Write, applied: &mut A
 mod tests {
     use super::*;
     use crate::domain::{Message, Sealed};
-    use crate::events::PresenceChange;
+    use crate::plan::PresenceChange;
     use crate::plan::TimelineCopy;
     use sqlx::Row;
     use std::sync::Arc;

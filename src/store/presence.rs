@@ -6,7 +6,7 @@ use sqlx::Row;
 use super::sql::{get_bool, Tx};
 use super::StoreError;
 use crate::domain::{AppId, ClientId, UserId};
-use crate::events::PresenceChange;
+use crate::plan::PresenceChange;
 
 /// A user's presence row.
 #[derive(Debug, Clone, PartialEq)]

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::{now_ms, Endpoint, Event, Signer};
+use crate::broker::log_budget::LogBudget;
 use crate::broker::EXCHANGE;
 use crate::metrics::{Metrics, WebhookResult};
 use crate::retry::Backoff;
@@ -73,7 +74,15 @@ pub async fn run(
             FieldTable::default(),
         )
         .await?;
+    let url = match reqwest::Url::parse(&endpoint.url) {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::error!(endpoint = %endpoint.id, error = %e, "webhook endpoint is not a URL; not delivering it");
+            return Ok(());
+        }
+    };
     let mut d = Dispatcher {
+        url,
         endpoint,
         queue,
         failed: String::new(),
@@ -85,6 +94,7 @@ pub async fn run(
         lanes: HashMap::new(),
         waiting: VecDeque::new(),
         running: FuturesUnordered::new(),
+        logs: LogBudget::default(),
     };
     d.failed = d.endpoint.failed(base);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -127,6 +137,8 @@ type Answer = Result<(), String>;
 
 struct Dispatcher {
     endpoint: Endpoint,
+    /// The endpoint's URL, parsed once (checked at start-up).
+    url: reqwest::Url,
     queue: String,
     failed: String,
     settings: Arc<Settings>,
@@ -139,6 +151,8 @@ struct Dispatcher {
     /// Lane heads waiting for a free POST slot, oldest first.
     waiting: VecDeque<Pos>,
     running: FuturesUnordered<BoxFuture<'static, (Pos, Answer)>>,
+    /// The failure lines within a budget (a dead endpoint fails every event).
+    logs: LogBudget,
 }
 
 impl Dispatcher {
@@ -217,7 +231,7 @@ impl Dispatcher {
     fn attempt(&self, pos: Pos, event: &Event, delay: Duration) -> BoxFuture<'static, (Pos, Answer)> {
         let body = event.body.get().as_bytes().to_vec();
         let id = event.id.clone();
-        let (client, url, settings) = (self.client.clone(), self.endpoint.url.clone(), self.settings.clone());
+        let (client, url, settings) = (self.client.clone(), self.url.clone(), self.settings.clone());
         async move {
             tokio::time::sleep(delay).await;
             let answer = post(&client, &url, &id, body, &settings).await;
@@ -255,10 +269,8 @@ impl Dispatcher {
                     }
                 } else {
                     let tries = event.tries;
-                    if tries == 1 {
-                        tracing::warn!(endpoint = %self.endpoint.shown(), id = %event.id, error = %why, "webhook POST failed; retrying");
-                    } else {
-                        tracing::debug!(endpoint = %self.endpoint.shown(), id = %event.id, tries, error = %why, "webhook POST failed again");
+                    if let Some(suppressed) = self.logs.take() {
+                        tracing::warn!(endpoint = %self.endpoint.shown(), id = %event.id, tries, error = %why, suppressed, "webhook POST failed; retrying");
                     }
                     self.metrics.webhook(&self.endpoint.id, WebhookResult::Retried, None);
                     let delay = self
@@ -355,10 +367,10 @@ async fn publish_confirmed(channel: &Channel, key: &str, body: &[u8], props: Bas
 
 /// One POST: 2xx is delivered, anything else (an error, a timeout, a redirect, another
 /// status) is a failure to retry.
-async fn post(client: &reqwest::Client, url: &str, id: &str, body: Vec<u8>, settings: &Settings) -> Answer {
+async fn post(client: &reqwest::Client, url: &reqwest::Url, id: &str, body: Vec<u8>, settings: &Settings) -> Answer {
     let timestamp = now_ms() / 1000;
     let mut req = client
-        .post(url)
+        .post(url.clone())
         .timeout(settings.timeout)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header("webhook-id", id)

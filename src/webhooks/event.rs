@@ -9,8 +9,7 @@ use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 
 use crate::domain::{status, Conversation, Message, RejectReason};
-use crate::events::PresenceChange;
-use crate::plan::{Committed, Publish, ReceiptNotice};
+use crate::plan::{Committed, PresenceChange, Publish, ReceiptNotice};
 use crate::topic::{ConversationEvent, Topics};
 
 /// The event types of §13.
@@ -79,7 +78,8 @@ pub struct Event {
 
 impl Event {
     fn new(kind: EventType, id_parts: &[&str], lane: u64, at: i64, body: &impl Serialize) -> Option<Event> {
-        let body = serde_json::to_string(body).ok()?;
+        // Serialized straight into the raw value: what serde_json writes is JSON, no re-parse.
+        let body = serde_json::value::to_raw_value(body).ok()?;
         Some(Event {
             id: event_id(kind, id_parts),
             kind,
@@ -87,7 +87,7 @@ impl Event {
             at,
             tries: 0,
             from: at,
-            body: RawValue::from_string(body).ok()?,
+            body,
         })
     }
 
@@ -311,8 +311,7 @@ fn receipt_event(topics: &Topics, r: &ReceiptNotice, now_ms: i64) -> Option<Even
         .receipt_updated(&r.app, &r.to, &r.convers_with, &r.message_id)
         .ok()?;
     let patch = serde_json::json!({"timelineOf": r.to, "message_id": r.message_id, "status": status::RETURN_RECEIPT});
-    let patch = serde_json::to_string(&patch).ok()?;
-    let data = RawValue::from_string(patch).ok()?;
+    let data = serde_json::value::to_raw_value(&patch).ok()?;
     let (app, to, with, id) = (
         r.app.as_str(),
         r.to.as_str(),

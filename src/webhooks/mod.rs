@@ -41,6 +41,8 @@ pub struct Webhooks {
     pub endpoints: Vec<Endpoint>,
     settings: Arc<DispatchSettings>,
     client: reqwest::Client,
+    /// The delivery thread's runtime, started with the first session.
+    delivery: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 impl Webhooks {
@@ -57,6 +59,7 @@ impl Webhooks {
                 signer: cfg.secret.as_ref().map(|s| Signer::new(s.expose())),
             }),
             client: client(),
+            delivery: std::sync::OnceLock::new(),
         }
     }
 
@@ -69,6 +72,7 @@ impl Webhooks {
         metrics: &Arc<Metrics>,
         stop: &CancellationToken,
     ) {
+        let runtime = self.delivery.get_or_init(delivery_runtime);
         for endpoint in &self.endpoints {
             let (conn, base, endpoint) = (conn.clone(), base.to_owned(), endpoint.clone());
             let (settings, client, metrics, stop) = (
@@ -77,7 +81,7 @@ impl Webhooks {
                 metrics.clone(),
                 stop.clone(),
             );
-            tokio::spawn(async move {
+            runtime.spawn(async move {
                 let mut delays = Backoff::BROKER.delays();
                 while !stop.is_cancelled() && conn.status().connected() {
                     let run = dispatch::run(
@@ -107,6 +111,26 @@ impl Webhooks {
             });
         }
     }
+}
+
+/// Webhook delivery runs on a thread of its own (a current-thread runtime): POSTs, their
+/// retries and timers never wait in the queues of the runtime that carries the message flow,
+/// and never hold its workers. (A lower CPU priority for this thread was measured, and did
+/// not help the message flow on a machine it shares with the broker: README, Benchmark.)
+fn delivery_runtime() -> tokio::runtime::Handle {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("webhooks".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a current-thread runtime builds");
+            let _ = tx.send(runtime.handle().clone());
+            runtime.block_on(std::future::pending::<()>());
+        })
+        .expect("the webhook delivery thread starts");
+    rx.recv().expect("the webhook delivery thread sends its runtime")
 }
 
 /// Now, in epoch milliseconds.

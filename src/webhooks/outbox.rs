@@ -12,6 +12,7 @@
 
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Confirmation};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -51,6 +52,8 @@ impl Slot {
 /// A session's outbox; dropped with the session (its task ends then).
 pub struct Outbox {
     tx: mpsc::UnboundedSender<Queued>,
+    /// Its channel failed: nothing it holds can be published any more.
+    broken: Arc<AtomicBool>,
 }
 
 impl Outbox {
@@ -58,8 +61,15 @@ impl Outbox {
     pub fn spawn(channel: Channel, base: &str, endpoints: &[Endpoint], metrics: Arc<Metrics>) -> Outbox {
         let (tx, rx) = mpsc::unbounded_channel();
         let keys: Vec<String> = endpoints.iter().map(|e| e.queue(base)).collect();
-        tokio::spawn(run(rx, channel, keys, metrics));
-        Outbox { tx }
+        let broken = Arc::new(AtomicBool::new(false));
+        tokio::spawn(run(rx, channel, keys, metrics, broken.clone()));
+        Outbox { tx, broken }
+    }
+
+    /// Its channel is gone (the broker closed it): the session must start over, or every
+    /// input with events would be retried forever on a dead channel.
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Relaxed)
     }
 
     /// The next slot in input order.
@@ -73,7 +83,13 @@ impl Outbox {
     }
 }
 
-async fn run(mut rx: mpsc::UnboundedReceiver<Queued>, channel: Channel, keys: Vec<String>, metrics: Arc<Metrics>) {
+async fn run(
+    mut rx: mpsc::UnboundedReceiver<Queued>,
+    channel: Channel,
+    keys: Vec<String>,
+    metrics: Arc<Metrics>,
+    broken: Arc<AtomicBool>,
+) {
     let mut next: Option<Queued> = None;
     loop {
         let first = match next.take() {
@@ -106,6 +122,9 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Queued>, channel: Channel, keys: Ve
             }
         }
         let ok = publish(&channel, &keys, &batch).await;
+        if !channel.status().connected() {
+            broken.store(true, Ordering::Relaxed);
+        }
         if ok {
             metrics.webhook_events_queued(batch.len() as u64);
         } else {
