@@ -10,6 +10,7 @@
 //! edges; `lib.rs` assembles the parts from the configuration.
 
 pub mod broker;
+pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod handlers;

@@ -24,6 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chat21_engine::broker::topology::{self, Layout};
+use chat21_engine::clock::now_ms;
 use chat21_engine::topic::Topics;
 
 /// The engine's default: queue arguments must match between the bench and its subject.
@@ -443,13 +444,6 @@ async fn run_round(
         event_p50_ms: percentile(&event_lat, 0.50),
         event_p99_ms: percentile(&event_lat, 0.99),
     })
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 /// The benchmark group's id and member ids.

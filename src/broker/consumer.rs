@@ -38,6 +38,7 @@ use super::log_budget::LogBudget;
 use super::submit::{self, Settlement};
 use super::topology::{self, Layout};
 use super::{legacy, BrokerError, EXCHANGE};
+use crate::clock::now_ms;
 use crate::domain::RejectReason;
 use crate::metrics::Outcome;
 use crate::pipeline::Delivery;
@@ -703,11 +704,4 @@ async fn confirmed(mut send: Sending) -> bool {
         Some(Ok(confirm)) => matches!(confirm.await, Ok(Confirmation::Ack(_))),
         _ => false,
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }

@@ -31,6 +31,7 @@ use lapin::Connection;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now_ms;
 use crate::config::WebhookConfig;
 use crate::metrics::Metrics;
 use crate::retry::Backoff;
@@ -131,12 +132,4 @@ fn delivery_runtime() -> tokio::runtime::Handle {
         })
         .expect("the webhook delivery thread starts");
     rx.recv().expect("the webhook delivery thread sends its runtime")
-}
-
-/// Now, in epoch milliseconds.
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }

@@ -170,53 +170,44 @@ async fn amqp_user_token_cannot_reach_engine_queue_or_other_queues() {
     assert!(!confirmed, "published into the partition exchange");
 
     // What an MQTT session needs is allowed, but only onto the user's own inbox.
-    let ch = conn.create_channel().await.unwrap();
     let own = format!("mqtt-subscription-{}qos0", fresh("c"));
-    let opts = QueueDeclareOptions {
-        auto_delete: true,
-        ..Default::default()
-    };
-    ch.queue_declare(own.as_str().into(), opts, Default::default())
-        .await
-        .expect("session queue");
+    let ch = session_queue(&conn, &own).await;
     let mine = format!("apps.{}.users.{u1}.#", engine.app);
-    ch.queue_bind(
-        own.as_str().into(),
-        "amq.topic".into(),
-        mine.as_str().into(),
-        QueueBindOptions::default(),
-        Default::default(),
-    )
-    .await
-    .expect("bind own inbox");
+    bind(&ch, &own, "amq.topic", &mine).await.expect("bind own inbox");
     let theirs = format!("apps.{}.users.{u2}.#", engine.app);
-    let r = ch
-        .queue_bind(
-            own.as_str().into(),
-            "amq.topic".into(),
-            theirs.as_str().into(),
-            QueueBindOptions::default(),
-            Default::default(),
-        )
-        .await;
+    let r = bind(&ch, &own, "amq.topic", &theirs).await;
     assert!(r.is_err(), "bound to another user's inbox");
-    let ch = conn.create_channel().await.unwrap();
-    ch.queue_declare(own.as_str().into(), opts, Default::default())
-        .await
-        .expect("session queue");
-    let r = ch
-        .queue_bind(
-            own.as_str().into(),
-            exchange.as_str().into(),
-            "1".into(),
-            QueueBindOptions::default(),
-            Default::default(),
-        )
-        .await;
+    let ch = session_queue(&conn, &own).await;
+    let r = bind(&ch, &own, &exchange, "1").await;
     assert!(r.is_err(), "bound to the partition exchange (a tap on every input)");
 
     // The engine is unaffected and its queues intact.
     assert_eq!(http_get(engine.http_port, "/readyz").await.unwrap().0, 200);
+}
+
+/// A new channel with `queue` declared on it the way an MQTT session's queue is (auto-delete):
+/// what a user token may declare.
+async fn session_queue(conn: &lapin::Connection, queue: &str) -> lapin::Channel {
+    let ch = conn.create_channel().await.unwrap();
+    let opts = QueueDeclareOptions {
+        auto_delete: true,
+        ..Default::default()
+    };
+    ch.queue_declare(queue.into(), opts, Default::default())
+        .await
+        .expect("session queue");
+    ch
+}
+
+async fn bind(ch: &lapin::Channel, queue: &str, exchange: &str, key: &str) -> lapin::Result<()> {
+    ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        key.into(),
+        QueueBindOptions::default(),
+        Default::default(),
+    )
+    .await
 }
 
 /// Webhook queues hold every user's events: a user token over AMQP can neither read them,
@@ -254,24 +245,9 @@ async fn amqp_user_token_cannot_read_or_forge_webhook_events() {
             "basic.get on {q}"
         );
         // A tap: the user's own session queue bound to the webhook key.
-        let ch = conn.create_channel().await.unwrap();
         let own = format!("mqtt-subscription-{}qos0", fresh("c"));
-        let opts = QueueDeclareOptions {
-            auto_delete: true,
-            ..Default::default()
-        };
-        ch.queue_declare(own.as_str().into(), opts, Default::default())
-            .await
-            .expect("session queue");
-        let r = ch
-            .queue_bind(
-                own.as_str().into(),
-                "amq.topic".into(),
-                q.as_str().into(),
-                QueueBindOptions::default(),
-                Default::default(),
-            )
-            .await;
+        let ch = session_queue(&conn, &own).await;
+        let r = bind(&ch, &own, "amq.topic", q).await;
         assert!(r.is_err(), "bound a tap on {q}");
         // A forged event.
         let ch = conn.create_channel().await.unwrap();

@@ -22,6 +22,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{Body, Ids};
 use super::state::Api;
 use super::{done, ok, parse_id};
+use crate::clock::now_ms;
 use crate::domain::{status, AppId, Group, UserId};
 use crate::store::Cursor;
 
@@ -567,11 +568,4 @@ fn stamp() -> i64 {
     } else {
         LAST.fetch_add(1, Ordering::Relaxed) + 1
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }

@@ -44,10 +44,8 @@ pub async fn save(
             "instance id: 1..{MAX_INSTANCE_ID_BYTES} printable ASCII characters, no /"
         )));
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default();
-    api.store()?.save_instance(&app, &me, &id, &info, now).await?;
+    api.store()?
+        .save_instance(&app, &me, &id, &info, crate::clock::now_ms())
+        .await?;
     Ok(done())
 }
