@@ -12,6 +12,7 @@
 pub mod broker;
 pub mod clock;
 pub mod config;
+pub mod doctor;
 pub mod domain;
 pub mod handlers;
 pub mod http;

@@ -38,6 +38,16 @@ enum Command {
     CheckConfig,
     /// Apply the store's schema migrations (also done at every start) and exit.
     Migrate,
+    /// Check the broker, the tokens, the store and the policy file with the configured
+    /// settings, one line each (exit 0 only when every check passes).
+    Doctor {
+        /// The MQTT listener (default: the broker's host, port 1883).
+        #[arg(long, value_name = "HOST:PORT")]
+        mqtt: Option<String>,
+        /// The Web-MQTT listener (default: ws://the broker's host:15675/ws).
+        #[arg(long, value_name = "URL")]
+        web_mqtt: Option<String>,
+    },
     /// Webhook events that were not delivered within WEBHOOK_RETRY_FOR.
     Webhooks {
         #[command(subcommand)]
@@ -96,6 +106,7 @@ fn main() -> ExitCode {
         Command::Serve => serve(config),
         Command::Migrate => migrate(config),
         Command::Webhooks { action } => webhooks(config, action),
+        Command::Doctor { mqtt, web_mqtt } => doctor(config, mqtt, web_mqtt),
     }
 }
 
@@ -178,6 +189,33 @@ fn migrate(config: Config) -> ExitCode {
             eprintln!("chat21-engine: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn doctor(config: Config, mqtt: Option<String>, web_mqtt: Option<String>) -> ExitCode {
+    use chat21_engine::doctor;
+    let mut targets = doctor::Targets::defaults(&config);
+    if let Some(m) = mqtt {
+        targets.mqtt = m;
+    }
+    if let Some(w) = web_mqtt {
+        targets.web_mqtt = w;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("chat21-engine: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let checks = runtime.block_on(doctor::run(&config, &targets, |c| println!("{}", c.line())));
+    let failed = checks.iter().filter(|c| !c.passed()).count();
+    if failed == 0 {
+        eprintln!("all {} checks passed", checks.len());
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("{failed} of {} checks did not pass", checks.len());
+        ExitCode::FAILURE
     }
 }
 

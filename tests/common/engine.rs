@@ -72,9 +72,15 @@ impl Running {
     /// Run the binary's command `args` with the engine's environment, as an operator would:
     /// its exit code, stdout and stderr.
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        self.cli_with(&[], args)
+    }
+
+    /// [`Running::cli`] with some of the environment replaced.
+    pub fn cli_with(&self, env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
         let out = Command::new(ENGINE)
             .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(env.iter().copied())
             .args(args)
             .output()
             .expect("run chat21-engine");

@@ -6,6 +6,7 @@ mod common;
 
 mod cli;
 mod direct;
+mod doctor;
 mod engine_kill;
 mod groups;
 mod hostile;
