@@ -8,6 +8,7 @@
 #   scripts/rabbitmq-private.sh stop DIR
 #   scripts/rabbitmq-private.sh restart DIR # same ports and data: a broker restart
 #   scripts/rabbitmq-private.sh halt|resume DIR  # the two halves of restart
+#   scripts/rabbitmq-private.sh ctl DIR ARGS…    # rabbitmqctl against the node
 #
 # start reads (all optional): JWT_SECRET (default: a random one, printed), JWT_KID
 # (tiledesk-key), AMQP_PORT, MQTT_PORT, WS_PORT, MQTTS_PORT, WSS_PORT (TLS, with a private
@@ -188,6 +189,12 @@ OUT
     node_env
     "$RMQ_BIN/rabbitmqctl" -n "$NODE" -q add_user "$name" "$password" > /dev/null
     "$RMQ_BIN/rabbitmqctl" -n "$NODE" -q set_permissions -p / "$name" "$ENGINE_CONFIGURE" "$ENGINE_WRITE" "$ENGINE_READ" > /dev/null
+    ;;
+  ctl)
+    # rabbitmqctl against this node: `ctl DIR ARGS…` (tests break a setting on purpose).
+    node_env
+    shift 2
+    "$RMQ_BIN/rabbitmqctl" -n "$NODE" -q "$@"
     ;;
   restart)
     stop_node

@@ -85,7 +85,7 @@ pub async fn checks(config: &Config) -> Vec<Check> {
         }
         Err(e) => {
             out.push(login_failed(config, &e));
-            for name in ["amq.topic", "engine queues"] {
+            for name in ["amq.topic", "engine queues", "engine publishes"] {
                 out.push(Check::skipped(name, "the AMQP login"));
             }
             return out;
@@ -115,6 +115,7 @@ pub async fn checks(config: &Config) -> Vec<Check> {
         )),
     }
     out.push(engine_queues(config, &conn).await);
+    out.push(engine_publishes(config, &conn).await);
     if let Some(w) = &config.webhooks {
         let endpoints = crate::webhooks::endpoints(&w.endpoints);
         let check = match conn.create_channel().await {
@@ -175,6 +176,40 @@ fn login_failed(config: &Config, e: &crate::broker::BrokerError) -> Check {
             shown(config)
         ),
     )
+}
+
+/// Publish, confirmed, on `amq.topic` as the engine does — on a key nothing is bound to
+/// (`{QUEUE_NAME}.doctor`), so nobody receives it: topic permissions (write on `amq.topic`
+/// for the routing keys the engine publishes) are checked by the broker at this publish.
+async fn engine_publishes(config: &Config, conn: &lapin::Connection) -> Check {
+    const NAME: &str = "engine publishes";
+    let key = format!("{}.doctor", config.broker.queue_name);
+    let attempt = async {
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(Default::default()).await?;
+        let confirm = ch
+            .basic_publish(
+                crate::broker::EXCHANGE.into(),
+                key.as_str().into(),
+                Default::default(),
+                b"{}",
+                lapin::BasicProperties::default(),
+            )
+            .await?
+            .await?;
+        let _ = ch.close(200, "doctor".into()).await;
+        Ok::<_, lapin::Error>(confirm)
+    };
+    match attempt.await {
+        Ok(lapin::Confirmation::Nack(_)) => Check::failed(NAME, "the broker nacked a publish", "see the broker's log (a resource alarm: disk or memory)"),
+        Ok(_) => Check::ok(NAME, "a confirmed publish on amq.topic"),
+        Err(e) if says(&e, &["ACCESS_REFUSED"]) => Check::failed(
+            NAME,
+            e.to_string(),
+            "the engine user may not publish on amq.topic: give it write on amq.topic and topic permissions for every routing key (`rabbitmqctl clear_topic_permissions -p VHOST USER`, or `set_topic_permissions … amq.topic '.*' '.*'`)",
+        ),
+        Err(e) => Check::failed(NAME, e.to_string(), "see the broker's log"),
+    }
 }
 
 /// Declare the input layout as the engine does (idempotent).

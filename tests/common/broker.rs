@@ -88,6 +88,18 @@ impl Broker {
         self.script("resume");
     }
 
+    /// `rabbitmqctl ARGS…` against this node.
+    pub fn ctl(&self, args: &[&str]) {
+        let st = Command::new("bash")
+            .arg(script())
+            .arg("ctl")
+            .arg(&self.dir)
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "rabbitmqctl {args:?} failed");
+    }
+
     fn script(&self, cmd: &str) {
         let st = Command::new("bash")
             .arg(script())

@@ -47,6 +47,7 @@ async fn a_broker_set_up_right_passes_every_check() {
         "vhost",
         "amq.topic",
         "engine queues",
+        "engine publishes",
         "mqtt",
         "mqtt confinement",
         "web-mqtt",
@@ -55,7 +56,7 @@ async fn a_broker_set_up_right_passes_every_check() {
     ] {
         assert!(line(&out, name).starts_with("ok"), "{name}:\n{out}");
     }
-    assert!(out.contains("all 9 checks passed"), "{out}");
+    assert!(out.contains("all 10 checks passed"), "{out}");
     e.stop().await;
 }
 
@@ -130,5 +131,15 @@ async fn each_broken_part_is_named_with_its_fix() {
         .unwrap();
     let (_, out) = doctor(b, &e, &[("QUEUE_NAME", &queue)], &[]);
     failed(&out, "engine queues", "delete_queue");
+
+    // The engine's own least-privilege user, with topic permissions that allow no key.
+    let queue = format!("chat21.engine.{}", fresh("topics"));
+    let user = fresh("engine");
+    let engine_uri = b.engine_user(&user, "engine-password", &queue);
+    let (code, out) = doctor(b, &e, &[("RABBITMQ_URI", &engine_uri), ("QUEUE_NAME", &queue)], &[]);
+    assert_eq!(code, 0, "the least-privilege user passes:\n{out}");
+    b.ctl(&["set_topic_permissions", "-p", "/", &user, "amq.topic", "^$", "^$"]);
+    let (_, out) = doctor(b, &e, &[("RABBITMQ_URI", &engine_uri), ("QUEUE_NAME", &queue)], &[]);
+    failed(&out, "engine publishes", "topic permissions");
     e.stop().await;
 }
