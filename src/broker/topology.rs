@@ -120,6 +120,24 @@ pub fn dead_letter_key(base: &str) -> String {
     format!("{base}.dead-letter")
 }
 
+/// A durable queue bound on `amq.topic` under its own name, so the engine reaches exactly it
+/// by that routing key (the dead-letter queue, the webhook queues). No user's topic
+/// permissions cover such a key.
+pub async fn own_key_queue(channel: &Channel, name: &str, args: FieldTable) -> lapin::Result<()> {
+    channel
+        .queue_declare(name.into(), QueueDeclareOptions::durable(), args)
+        .await?;
+    channel
+        .queue_bind(
+            name.into(),
+            EXCHANGE.into(),
+            name.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
 /// Declare the layout with `bindings`, and remove `retired` ones (an input kind this
 /// configuration turned off); unbinding a binding that does not exist is a no-op.
 ///
@@ -128,19 +146,7 @@ pub fn dead_letter_key(base: &str) -> String {
 /// the queue exists (README, input layout: drain and delete to change them).
 pub async fn declare(channel: &Channel, layout: &Layout, bindings: &[String], retired: &[String]) -> lapin::Result<()> {
     let durable = QueueDeclareOptions::durable();
-    let dead = layout.dead_letter();
-    channel
-        .queue_declare(dead.as_str().into(), durable, FieldTable::default())
-        .await?;
-    channel
-        .queue_bind(
-            dead.as_str().into(),
-            EXCHANGE.into(),
-            dead.as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    own_key_queue(channel, &layout.dead_letter(), FieldTable::default()).await?;
     let exchange = layout.exchange();
     channel
         .exchange_declare(

@@ -12,12 +12,11 @@
 //! `{id}` is the first 10 hex digits of SHA-256 of the URL: stable across restarts and list
 //! order, and no URL (which may hold a token) in a queue name.
 
-use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::Channel;
 use sha2::{Digest, Sha256};
 
-use crate::broker::EXCHANGE;
+use crate::broker::topology::own_key_queue;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -72,20 +71,8 @@ pub async fn declare(channel: &Channel, base: &str, endpoints: &[Endpoint]) -> l
         args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
         let mut failed_args = FieldTable::default();
         failed_args.insert("x-queue-type".into(), text("quorum"));
-        for (queue, args) in [(e.queue(base), args), (e.failed(base), failed_args)] {
-            channel
-                .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args)
-                .await?;
-            channel
-                .queue_bind(
-                    queue.as_str().into(),
-                    EXCHANGE.into(),
-                    queue.as_str().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-        }
+        own_key_queue(channel, &e.queue(base), args).await?;
+        own_key_queue(channel, &e.failed(base), failed_args).await?;
     }
     Ok(())
 }
