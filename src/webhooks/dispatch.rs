@@ -18,19 +18,16 @@
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{Acker, BasicProperties, Channel, Confirmation, Connection};
+use lapin::{Acker, Channel, Connection};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::{now_ms, Endpoint, Event, Signer};
+use super::{now_ms, persistent_json, publish_confirmed, Endpoint, Event, Signer};
 use crate::broker::log_budget::LogBudget;
-use crate::broker::EXCHANGE;
 use crate::metrics::{Metrics, WebhookResult};
 use crate::retry::Backoff;
 
@@ -317,10 +314,7 @@ impl Dispatcher {
         for tag in held {
             let left: Vec<&Event> = self.batches[&tag].events.iter().flatten().collect();
             let Ok(body) = serde_json::to_vec(&left) else { continue };
-            let props = BasicProperties::default()
-                .with_content_type("application/json".into())
-                .with_delivery_mode(2);
-            if !publish_confirmed(&self.channel, &self.queue, &body, props).await {
+            if !publish_confirmed(&self.channel, &self.queue, &body, persistent_json()).await {
                 continue; // kept, and tried again at the next tick
             }
             tracing::info!(endpoint = %self.endpoint.shown(), events = left.len(), "undelivered webhook events requeued at the tail");
@@ -348,21 +342,8 @@ async fn keep_failed(channel: Channel, failed: &str, endpoint: &str, event: &Eve
         text(&why.chars().take(1000).collect::<String>()),
     );
     headers.insert("x-chat21-failed-at".into(), AMQPValue::LongLongInt(now_ms()));
-    let props = BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_delivery_mode(2)
-        .with_headers(headers);
+    let props = persistent_json().with_headers(headers);
     publish_confirmed(&channel, failed, &body, props).await
-}
-
-async fn publish_confirmed(channel: &Channel, key: &str, body: &[u8], props: BasicProperties) -> bool {
-    let sent = channel
-        .basic_publish(EXCHANGE.into(), key.into(), BasicPublishOptions::default(), body, props)
-        .await;
-    match sent {
-        Ok(confirm) => matches!(confirm.await, Ok(Confirmation::Ack(_))),
-        Err(_) => false,
-    }
 }
 
 /// One POST: 2xx is delivered, anything else (an error, a timeout, a redirect, another

@@ -3,12 +3,11 @@
 //! all back when the channel closes; redelivering publishes each (confirmed) into its
 //! endpoint's queue with a fresh retry window, then acks it.
 
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions};
 use lapin::types::AMQPValue;
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::Channel;
 
-use super::{now_ms, Endpoint, Event};
-use crate::broker::EXCHANGE;
+use super::{now_ms, persistent_json, publish_confirmed, Endpoint, Event};
 
 /// One failed event, as listed.
 #[derive(Debug)]
@@ -92,19 +91,7 @@ pub async fn redeliver(
             event.tries = 0;
             event.from = now_ms();
             let body = serde_json::to_vec(&[&event]).unwrap_or_default();
-            let props = BasicProperties::default()
-                .with_content_type("application/json".into())
-                .with_delivery_mode(2);
-            let confirm = channel
-                .basic_publish(
-                    EXCHANGE.into(),
-                    queue.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    props,
-                )
-                .await?;
-            if matches!(confirm.await?, Confirmation::Ack(_)) {
+            if publish_confirmed(channel, &queue, &body, persistent_json()).await {
                 msg.delivery.acker.ack(BasicAckOptions::default()).await?;
                 moved += 1;
             }

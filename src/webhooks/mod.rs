@@ -114,6 +114,31 @@ impl Webhooks {
     }
 }
 
+/// The properties of everything the webhook queues hold: persistent JSON.
+fn persistent_json() -> lapin::BasicProperties {
+    lapin::BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+}
+
+/// Publish `body` on `amq.topic` under `key` and wait for the broker: true once confirmed
+/// (`channel` is in confirm mode).
+async fn publish_confirmed(channel: &lapin::Channel, key: &str, body: &[u8], props: lapin::BasicProperties) -> bool {
+    let sent = channel
+        .basic_publish(
+            crate::broker::EXCHANGE.into(),
+            key.into(),
+            Default::default(),
+            body,
+            props,
+        )
+        .await;
+    match sent {
+        Ok(confirm) => matches!(confirm.await, Ok(lapin::Confirmation::Ack(_))),
+        Err(_) => false,
+    }
+}
+
 /// Webhook delivery runs on a thread of its own (a current-thread runtime): POSTs, their
 /// retries and timers never wait in the queues of the runtime that carries the message flow,
 /// and never hold its workers. (A lower CPU priority for this thread was measured, and did

@@ -11,7 +11,7 @@
 //! rates, one confirm of latency at low ones.
 
 use lapin::options::BasicPublishOptions;
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::{Channel, Confirmation};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -146,9 +146,7 @@ async fn publish(channel: &Channel, keys: &[String], batch: &[Event]) -> bool {
     };
     let mut confirms = Vec::with_capacity(keys.len());
     for key in keys {
-        let props = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2);
+        let props = super::persistent_json();
         match channel
             .basic_publish(
                 EXCHANGE.into(),
