@@ -14,7 +14,10 @@
 # (tiledesk-key), AMQP_PORT, MQTT_PORT, WS_PORT, MQTTS_PORT, WSS_PORT (TLS, with a private
 # CA made in DIR/tls), DIST_PORT, EPMD_PORT (default: free ports),
 # WATCH_PID (stop the node and remove DIR when that process exits: test harnesses use it so
-# a crashed test never leaves a node behind; KEEP_DIR=1 keeps DIR). Settings are kept in DIR/node.env for stop/restart.
+# a crashed test never leaves a node behind; KEEP_DIR=1 keeps DIR), ERLANG_COOKIE and
+# SHARED_EPMD=1 (for the nodes of one cluster, scripts/rabbitmq-cluster.sh: one cookie, one
+# epmd that `stop` leaves running for the others). Settings are kept in DIR/node.env for
+# stop/restart.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -77,13 +80,15 @@ CONF
     "$deploy/conf.d/30-tls.conf.example" > "$dir/etc/conf.d/30-tls.conf"
   JWT_SECRET="$JWT_SECRET" JWT_KID="$JWT_KID" \
     "$deploy/render-advanced-config.sh" "$deploy/advanced.config.template" "$dir/etc/advanced.config"
-  printf 'chat21test%s' "$RANDOM$RANDOM" > "$dir/home/.erlang.cookie"
+  printf '%s' "${ERLANG_COOKIE:-chat21test$RANDOM$RANDOM}" > "$dir/home/.erlang.cookie"
   chmod 400 "$dir/home/.erlang.cookie"
 }
 
 launch() {
   node_env
-  setsid "$RMQ_BIN/rabbitmq-server" > "$dir/log/launcher.out" 2>&1 < /dev/null &
+  # From DIR: whatever the node writes to its working directory (an Erlang or Mnesia core
+  # dump) lands with the rest of its state, never in the caller's.
+  (cd "$dir" && exec setsid "$RMQ_BIN/rabbitmq-server") > "$dir/log/launcher.out" 2>&1 < /dev/null &
   local pid=$!
   echo "$pid" > "$dir/launcher.pid"
   # Wait for the node, but watch the launcher so a bad config fails in seconds.
@@ -146,6 +151,7 @@ WSS_PORT=$WSS_PORT
 DIST_PORT=$DIST_PORT
 EPMD_PORT=$EPMD_PORT
 JWT_KID='$JWT_KID'
+SHARED_EPMD=${SHARED_EPMD:-0}
 ENV
     chmod 600 "$dir/node.env"
     launch
@@ -210,7 +216,9 @@ OUT
   stop)
     [[ -f "$dir/node.env" ]] || exit 0
     stop_node
-    "$(dirname "$(readlink -f "$(command -v epmd || echo /usr/bin/epmd)")")/epmd" -port "$EPMD_PORT" -kill > /dev/null 2>&1 || true
+    if [[ "${SHARED_EPMD:-0}" != 1 ]]; then
+      "$(dirname "$(readlink -f "$(command -v epmd || echo /usr/bin/epmd)")")/epmd" -port "$EPMD_PORT" -kill > /dev/null 2>&1 || true
+    fi
     rm -f "$dir/node.env"
     ;;
   *)

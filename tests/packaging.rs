@@ -44,40 +44,51 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
     );
 }
 
+/// A compose file as Compose reads it: YAML merge keys (`<<: *anchor`) applied.
+fn compose_file(name: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(Path::new(ROOT).join(name)).unwrap();
+    let mut yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+    yaml.apply_merge().unwrap();
+    serde_json::to_value(yaml).unwrap()
+}
+
 #[test]
-fn the_compose_file_is_valid_compose_and_sets_only_engine_variables() {
+fn the_compose_files_are_valid_compose_and_set_only_engine_variables() {
     let mut schema: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(Path::new(ROOT).join("tests/fixtures/compose-spec.json")).unwrap(),
     )
     .unwrap();
-    let compose: serde_json::Value =
-        serde_yaml_ng::from_str(&std::fs::read_to_string(Path::new(ROOT).join("docker-compose.yml")).unwrap()).unwrap();
     // Its `$schema` names draft-07 by a URI the library does not know offline (no `#`, https):
     // the canonical one, so the meta-schema is the built-in one and nothing is fetched.
     schema["$schema"] = "http://json-schema.org/draft-07/schema#".into();
     let validator = jsonschema::draft7::new(&schema).expect("the Compose Specification schema compiles");
-    let errors: Vec<String> = validator
-        .iter_errors(&compose)
-        .map(|e| format!("{e} at {}", e.instance_path))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "docker-compose.yml is not valid Compose:\n{}",
-        errors.join("\n")
-    );
-    // The schema does bite: a restart policy that is a number is not Compose.
-    let mut broken = compose.clone();
-    broken["services"]["engine"]["restart"] = 42.into();
-    assert!(!validator.is_valid(&broken), "the schema let an invalid file through");
-    // A variable the engine does not read is a typo that silently does nothing.
-    let env = compose["services"]["engine"]["environment"]
-        .as_object()
-        .expect("the engine's environment map");
-    for name in env.keys() {
-        assert!(
-            chat21_engine::config::variable(name).is_some(),
-            "docker-compose.yml sets {name}, which the engine does not read"
-        );
+    // The single engine, and the cluster (three brokers, three engines, PostgreSQL).
+    for (file, engines) in [
+        ("docker-compose.yml", &["engine"][..]),
+        ("docker-compose.cluster.yml", &["engine1", "engine2", "engine3"][..]),
+    ] {
+        let compose = compose_file(file);
+        let errors: Vec<String> = validator
+            .iter_errors(&compose)
+            .map(|e| format!("{e} at {}", e.instance_path))
+            .collect();
+        assert!(errors.is_empty(), "{file} is not valid Compose:\n{}", errors.join("\n"));
+        // The schema does bite: a restart policy that is a number is not Compose.
+        let mut broken = compose.clone();
+        broken["services"][engines[0]]["restart"] = 42.into();
+        assert!(!validator.is_valid(&broken), "the schema let an invalid file through");
+        // A variable the engine does not read is a typo that silently does nothing.
+        for engine in engines {
+            let env = compose["services"][engine]["environment"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{file}: {engine}'s environment map"));
+            for name in env.keys() {
+                assert!(
+                    chat21_engine::config::variable(name).is_some(),
+                    "{file} sets {name} for {engine}, which the engine does not read"
+                );
+            }
+        }
     }
 }
 

@@ -5,6 +5,8 @@
 #   RABBITMQ_USER / RABBITMQ_PASSWORD -> the engine's own user, created on first boot, with
 #                                        only the permissions it needs (engine-permissions.sh)
 #   QUEUE_NAME                         -> the engine's queue (default chat21.engine)
+#   ERLANG_COOKIE (cluster only)       -> /var/lib/rabbitmq/.erlang.cookie, the same on every
+#                                        node of docker-compose.cluster.yml
 # The engine user is not an administrator: for the management UI add one of your own
 # (`rabbitmqctl add_user` / `set_user_tags … administrator`).
 set -eu
@@ -22,4 +24,9 @@ default_permissions.read = ${ENGINE_READ}
 default_permissions.write = ${ENGINE_WRITE}
 CONF
 chown rabbitmq:rabbitmq /etc/rabbitmq/advanced.config /etc/rabbitmq/conf.d/20-engine-user.conf
+if [ -n "${ERLANG_COOKIE:-}" ]; then
+  printf '%s' "$ERLANG_COOKIE" > /var/lib/rabbitmq/.erlang.cookie
+  chown rabbitmq:rabbitmq /var/lib/rabbitmq/.erlang.cookie
+  chmod 400 /var/lib/rabbitmq/.erlang.cookie
+fi
 exec docker-entrypoint.sh rabbitmq-server

@@ -30,6 +30,8 @@ use chat21_engine::topic::Topics;
 /// The engine's default: queue arguments must match between the bench and its subject.
 const DELIVERY_LIMIT: u32 = 20;
 
+#[path = "bench/commits.rs"]
+mod commits;
 #[path = "bench/common.rs"]
 mod common;
 #[path = "bench/hooks.rs"]
@@ -125,6 +127,10 @@ struct RoundResult {
     /// second during the burst (webhooks on, healthy endpoint).
     event_p50_ms: f64,
     event_p99_ms: f64,
+    /// The engine's store commits at the fixed rate (its own histogram): count, p50, p99 ms.
+    commits: u64,
+    commit_p50_ms: f64,
+    commit_p99_ms: f64,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -190,8 +196,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 sink: hooks.as_ref(),
             };
             let r = run_round(&conn, &uri, &bin_dir, subject, &args, &policy_file, hook).await?;
+            let commits = match r.commits {
+                0 => String::new(),
+                n => format!(
+                    "  commits {n}: p50 ≤{:.1} ms p99 ≤{:.1} ms",
+                    r.commit_p50_ms, r.commit_p99_ms
+                ),
+            };
             eprintln!(
-                "round {} {:>6}: {:>8.0} msg/s  cpu {:>6.1} µs/msg  rss {:>5.1} MB  p50 {:>6.2} ms  p99 {:>6.2} ms",
+                "round {} {:>6}: {:>8.0} msg/s  cpu {:>6.1} µs/msg  rss {:>5.1} MB  p50 {:>6.2} ms  p99 {:>6.2} ms{commits}",
                 round + 1,
                 subject.name(),
                 r.msgs_per_sec,
@@ -271,6 +284,18 @@ fn report(results: &HashMap<Subject, Vec<RoundResult>>, args: &Args, subject: Su
     println!("\n{a}/{b} throughput ratio: {tp:.2}");
     println!("{a}/{b} p99 latency ratio: {p99:.2}");
     println!("{a} peak RSS: {rss:.1} MB");
+    for s in [subject, baseline] {
+        if results[&s].iter().any(|r| r.commits > 0) {
+            println!(
+                "{} store commits at {} msg/s: {:.0} per round, p50 ≤{:.1} ms, p99 ≤{:.1} ms (bucket bounds)",
+                s.name(),
+                args.rate,
+                med(s, |r| r.commits as f64),
+                med(s, |r| r.commit_p50_ms),
+                med(s, |r| r.commit_p99_ms)
+            );
+        }
+    }
     if args.webhooks == Some(Webhooks::Healthy) {
         println!(
             "webhook event latency (made → received) at {} msg/s: p50 {:.1} ms, p99 {:.1} ms",
@@ -367,7 +392,23 @@ async fn run_round(
     if let Some(sink) = hook.sink {
         sink.reset();
     }
-    let mut child = spawn_subject(bin_dir, subject, uri, &app, &queue, args, &store, policy_file, hook_url)?;
+    // The engine's ops endpoints (not the HTTP API) on a port of their own, for its histograms.
+    let ops_port = (subject != Subject::Relay)
+        .then(|| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()))
+        .transpose()?
+        .map(|a| a.port());
+    let mut child = spawn_subject(
+        bin_dir,
+        subject,
+        uri,
+        &app,
+        &queue,
+        args,
+        &store,
+        policy_file,
+        hook_url,
+        ops_port,
+    )?;
     let pid = child.id();
     let cpu0 = cpu_seconds(pid);
     let copies = args.messages as u64 * fanout;
@@ -396,8 +437,16 @@ async fn run_round(
     sink.reset();
     let total = args.rate * args.seconds;
     let paced_from_ms = now_ms();
+    let commits_before = match ops_port {
+        Some(port) => commits::Commits::scrape(port).await,
+        None => Default::default(),
+    };
     publish_paced(&ch, &topics, args, epoch, total).await?;
     sink.wait_for(total * fanout, Duration::from_secs(120)).await?;
+    let (commit_count, commit_p50_ms, commit_p99_ms) = match ops_port {
+        Some(port) => commits::Commits::scrape(port).await.since(&commits_before),
+        None => (0, 0.0, 0.0),
+    };
     let lat = sink.latencies_ms();
     let event_lat = match hook_sink {
         Some(h) => {
@@ -443,6 +492,9 @@ async fn run_round(
         p999_ms: percentile(&lat, 0.999),
         event_p50_ms: percentile(&event_lat, 0.50),
         event_p99_ms: percentile(&event_lat, 0.99),
+        commits: commit_count,
+        commit_p50_ms,
+        commit_p99_ms,
     })
 }
 
@@ -535,6 +587,7 @@ fn spawn_subject(
     store: &str,
     policy_file: &Path,
     webhook: Option<&str>,
+    ops_port: Option<u16>,
 ) -> std::io::Result<Child> {
     let members: Vec<String> = (0..args.group_size).map(member).collect();
     let bin = bin_dir.join(match subject {
@@ -563,6 +616,7 @@ fn spawn_subject(
         .env("GROUP_ID", if args.group_size > 0 { GROUP } else { "" })
         .env("GROUP_MEMBERS", members.join(","))
         .env("HTTP_PORT", "0")
+        .env("OPS_HTTP_PORT", ops_port.map_or("0".into(), |p| p.to_string()))
         .env("DATABASE_URL", store)
         .env("LOG_LEVEL", "warn")
         .stdin(Stdio::null())

@@ -1,6 +1,7 @@
 //! Opening an AMQP connection with the configured credentials.
 
 use lapin::{Connection, ConnectionProperties};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,14 +11,43 @@ use crate::jwt::Minter;
 /// Lifetime of the engine's own service token (when it logs in with one).
 pub const SERVICE_TOKEN_TTL: Duration = Duration::from_secs(3600);
 
+/// Where the next connection attempt starts among a cluster's nodes: each attempt begins one
+/// node further, so an engine whose node went down connects to the next one, and engines that
+/// start together spread over the nodes.
+static NEXT_NODE: AtomicUsize = AtomicUsize::new(0);
+
+/// Connect to the first node that accepts, trying each configured node once, starting after
+/// the one tried first last time; the last node's error when none does.
 pub async fn connect(cfg: &Config, name: &str) -> Result<Arc<Connection>, super::BrokerError> {
     let token = match cfg.broker.auth {
         BrokerAuth::ServiceToken => Some(mint_service_token(cfg)?),
         _ => None,
     };
-    let uri = cfg.amqp_uri(token.as_deref());
-    let props = ConnectionProperties::default().with_connection_name(name.into());
-    let conn = Arc::new(Connection::connect(&uri, props).await?);
+    let uris = cfg.amqp_uris(token.as_deref());
+    let start = NEXT_NODE.fetch_add(1, Ordering::Relaxed);
+    let mut last = None;
+    let mut conn = None;
+    for i in 0..uris.len() {
+        let uri = &uris[(start + i) % uris.len()];
+        let props = ConnectionProperties::default().with_connection_name(name.into());
+        match Connection::connect(uri, props).await {
+            Ok(c) => {
+                conn = Some(c);
+                break;
+            }
+            Err(e) => {
+                if uris.len() > 1 {
+                    tracing::debug!(node = (start + i) % uris.len() + 1, error = %e, "broker node refused the connection; trying the next");
+                }
+                last = Some(e);
+            }
+        }
+    }
+    let conn = match (conn, last) {
+        (Some(c), _) => Arc::new(c),
+        (None, Some(e)) => return Err(e.into()),
+        (None, None) => unreachable!("amqp_uris is never empty"),
+    };
     if token.is_some() {
         spawn_token_refresh(conn.clone(), cfg.clone());
     }

@@ -287,8 +287,16 @@ impl Config {
         let webhooks = webhooks(&raw)?;
         let auth = match (raw.rabbitmq_uri, raw.rabbitmq_user, &raw.jwt_secret) {
             (Some(uri), _, _) => {
-                if !(uri.starts_with("amqp://") || uri.starts_with("amqps://")) {
-                    return Err(bad("RABBITMQ_URI must start with amqp:// or amqps://"));
+                // A cluster: one URI per node, comma-separated (a comma in a password is
+                // written %2C, as URIs require anyway).
+                if uri
+                    .split(',')
+                    .map(str::trim)
+                    .any(|u| !(u.starts_with("amqp://") || u.starts_with("amqps://")))
+                {
+                    return Err(bad(
+                        "RABBITMQ_URI must be amqp:// or amqps:// URIs (comma-separated for the nodes of a cluster)",
+                    ));
                 }
                 BrokerAuth::Uri(Secret::new(uri))
             }
@@ -313,6 +321,11 @@ impl Config {
             "json" => LogFormat::Json,
             other => return Err(bad(format!("LOG_FORMAT {other:?} must be pretty or json"))),
         };
+        if raw.rabbitmq_host.split(',').all(|h| h.trim().is_empty()) {
+            return Err(bad(
+                "RABBITMQ_HOST must name a host (comma-separated for the nodes of a cluster)",
+            ));
+        }
         if raw.rabbitmq_port == 0 {
             return Err(bad("RABBITMQ_PORT must be 1..65535"));
         }
@@ -468,23 +481,44 @@ impl Config {
         })
     }
 
-    /// The AMQP URI to connect with, given the password to use for a service token.
+    /// The AMQP URI to connect with, given the password to use for a service token: the
+    /// first node's when several are configured.
     pub fn amqp_uri(&self, service_token: Option<&str>) -> String {
+        self.amqp_uris(service_token).swap_remove(0)
+    }
+
+    /// One AMQP URI per broker node (`RABBITMQ_URI` or `RABBITMQ_HOST` comma-separated), in
+    /// the order given; never empty.
+    pub fn amqp_uris(&self, service_token: Option<&str>) -> Vec<String> {
         let b = &self.broker;
         let vhost = percent_encode(&b.vhost);
-        let (host, port) = (&b.host, b.port);
-        match &b.auth {
-            BrokerAuth::Uri(uri) => uri.expose().to_owned(),
-            BrokerAuth::Password { user, password } => format!(
-                "amqp://{}:{}@{host}:{port}/{vhost}",
-                percent_encode(user),
-                percent_encode(password.expose())
-            ),
-            BrokerAuth::ServiceToken => format!(
-                "amqp://chat21-engine:{}@{host}:{port}/{vhost}",
-                percent_encode(service_token.unwrap_or_default())
-            ),
+        let port = b.port;
+        let hosts = || b.host.split(',').map(str::trim).filter(|h| !h.is_empty());
+        let uris: Vec<String> = match &b.auth {
+            BrokerAuth::Uri(uri) => uri.expose().split(',').map(|u| u.trim().to_owned()).collect(),
+            BrokerAuth::Password { user, password } => hosts()
+                .map(|host| {
+                    format!(
+                        "amqp://{}:{}@{host}:{port}/{vhost}",
+                        percent_encode(user),
+                        percent_encode(password.expose())
+                    )
+                })
+                .collect(),
+            BrokerAuth::ServiceToken => hosts()
+                .map(|host| {
+                    format!(
+                        "amqp://chat21-engine:{}@{host}:{port}/{vhost}",
+                        percent_encode(service_token.unwrap_or_default())
+                    )
+                })
+                .collect(),
+        };
+        if uris.is_empty() {
+            // RABBITMQ_HOST of commas only; validated away at start-up, kept total here.
+            return vec![format!("amqp://{}:{port}/{vhost}", b.host)];
         }
+        uris
     }
 
     /// The whole configuration in force, one `NAME=value` line per variable (defaults
@@ -750,6 +784,16 @@ mod tests {
     fn uri_wins_over_parts() {
         let c = cfg(&[("RABBITMQ_URI", "amqp://a:b@h:1/v"), ("RABBITMQ_USER", "u")]).unwrap();
         assert_eq!(c.amqp_uri(None), "amqp://a:b@h:1/v");
+        let c = cfg(&[("RABBITMQ_URI", "amqp://a:b@n1:1/v, amqp://a:b@n2:1/v")]).unwrap();
+        assert_eq!(c.amqp_uris(None), ["amqp://a:b@n1:1/v", "amqp://a:b@n2:1/v"]);
+        assert!(cfg(&[("RABBITMQ_URI", "amqp://a:b@n1:1/v,http://n2")]).is_err());
+        let c = cfg(&[
+            ("RABBITMQ_HOST", "n1,n2"),
+            ("RABBITMQ_USER", "u"),
+            ("RABBITMQ_PASSWORD", "p"),
+        ])
+        .unwrap();
+        assert_eq!(c.amqp_uris(None), ["amqp://u:p@n1:5672/%2F", "amqp://u:p@n2:5672/%2F"]);
     }
 
     #[test]

@@ -52,8 +52,8 @@ const fn url(name: &'static str, default: &'static str, help: &'static str) -> V
 
 pub const VARIABLES: &[Variable] = &[
     // Broker connection.
-    secret("RABBITMQ_URI", "Full AMQP URI (amqp://user:pass@host:port/vhost); wins over the five RABBITMQ_* parts when set"),
-    var("RABBITMQ_HOST", "localhost", "Broker host"),
+    secret("RABBITMQ_URI", "Full AMQP URI (amqp://user:pass@host:port/vhost), or one per node of a cluster, comma-separated (tried in turn at each reconnect); wins over the five RABBITMQ_* parts when set"),
+    var("RABBITMQ_HOST", "localhost", "Broker host, or the nodes of a cluster comma-separated (tried in turn at each reconnect)"),
     var("RABBITMQ_PORT", "5672", "Broker AMQP port"),
     var("RABBITMQ_VHOST", "/", "Broker virtual host"),
     var("RABBITMQ_USER", "", "Engine's broker user (internal password login); required unless RABBITMQ_URI or JWT_SECRET is set"),

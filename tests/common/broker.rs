@@ -22,7 +22,8 @@ pub struct Broker {
     pub tls_ca: PathBuf,
     pub jwt_secret: String,
     pub jwt_kid: String,
-    _tmp: tempfile::TempDir,
+    /// The node's directory, removed on drop (None for a cluster's node: the cluster's).
+    _tmp: Option<tempfile::TempDir>,
 }
 
 static BROKER: OnceLock<Broker> = OnceLock::new();
@@ -54,7 +55,12 @@ impl Broker {
             .output()
             .expect("run rabbitmq-private.sh");
         assert!(out.status.success(), "private RabbitMQ failed to start");
-        let vars: HashMap<String, String> = String::from_utf8_lossy(&out.stdout)
+        Broker::of(dir, &String::from_utf8_lossy(&out.stdout), Some(tmp))
+    }
+
+    /// The node that `rabbitmq-private.sh start` described with `vars` (its KEY=VALUE lines).
+    fn of(dir: PathBuf, vars: &str, tmp: Option<tempfile::TempDir>) -> Broker {
+        let vars: HashMap<String, String> = vars
             .lines()
             .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
             .collect();
@@ -137,4 +143,56 @@ pub fn chat21_token(m: &Minter, app: &str, user: &str) -> String {
     let topics = chat21_engine::topic::Topics::chat21(app);
     let (app, user) = (AppId::parse(app).unwrap(), UserId::parse(user).unwrap());
     m.user_token(&topics, &app, &user, Duration::from_secs(3600)).unwrap()
+}
+
+/// A private RabbitMQ cluster (scripts/rabbitmq-cluster.sh): every node configured like
+/// production, one cookie, one JWT key. Each node is a [`Broker`] (halt and resume one to
+/// take it out of the cluster and back). Stopped by the script's reaper when the test process
+/// exits.
+pub struct Cluster {
+    pub nodes: Vec<Broker>,
+    /// Every node's AMQP URI, node 1 first.
+    pub uris: Vec<String>,
+    /// The cluster's directory. Not removed on drop: the nodes still run then. The script's
+    /// reaper stops them and removes it when the test process exits.
+    pub dir: PathBuf,
+}
+
+impl Cluster {
+    pub fn start(n: usize) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("chat21-cluster-")
+            .tempdir()
+            .expect("tempdir")
+            .keep();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/rabbitmq-cluster.sh");
+        let out = Command::new("bash")
+            .arg(script)
+            .arg("start")
+            .arg(&dir)
+            .arg(n.to_string())
+            .env("WATCH_PID", std::process::id().to_string())
+            .env("JWT_SECRET", format!("test-secret-{}", uuid::Uuid::new_v4().simple()))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run rabbitmq-cluster.sh");
+        assert!(out.status.success(), "private RabbitMQ cluster failed to start");
+        let nodes: Vec<Broker> = (1..=n)
+            .map(|k| {
+                let vars = std::fs::read_to_string(dir.join(format!("node{k}.out"))).unwrap();
+                Broker::of(dir.join(format!("node{k}")), &vars, None)
+            })
+            .collect();
+        let uris = nodes.iter().map(|b| b.amqp_uri.clone()).collect();
+        Cluster { nodes, uris, dir }
+    }
+
+    /// RABBITMQ_URI for an engine that tries node `first` (0-based) first, then the others.
+    pub fn uri_from(&self, first: usize) -> String {
+        let n = self.uris.len();
+        (0..n)
+            .map(|i| self.uris[(first + i) % n].as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
