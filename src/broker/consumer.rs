@@ -22,8 +22,8 @@ use futures::future::{maybe_done, MaybeDone};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
-    BasicQosOptions, ConfirmSelectOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Acker, BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
@@ -125,8 +125,6 @@ const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
 /// Where a session takes its inputs from.
 struct Inputs {
     stream: futures::stream::BoxStream<'static, lapin::Result<lapin::message::Delivery>>,
-    /// Consumers to cancel at shutdown.
-    tags: Vec<String>,
     /// A stream that ends when its queue is empty (the legacy queue, read by `basic.get`),
     /// rather than a consumer the broker ends only by cancelling it.
     finite: bool,
@@ -141,7 +139,6 @@ impl Inputs {
     /// queue's own order is kept, which is all the order there is to keep.
     async fn partitions(channel: &Channel, queues: &[String]) -> lapin::Result<Inputs> {
         let mut consumers = Vec::new();
-        let mut tags = Vec::new();
         for queue in queues {
             let tag = format!("{CONSUMER_TAG}.{queue}");
             let consumer = channel
@@ -153,11 +150,9 @@ impl Inputs {
                 )
                 .await?;
             consumers.push(consumer);
-            tags.push(tag);
         }
         Ok(Inputs {
             stream: futures::stream::select_all(consumers).boxed(),
-            tags,
             finite: false,
             limit: usize::MAX,
         })
@@ -179,7 +174,6 @@ impl Inputs {
         });
         Inputs {
             stream: stream.boxed(),
-            tags: Vec::new(),
             finite: true,
             limit: limit.into(),
         }
@@ -253,6 +247,8 @@ pub async fn run_session(
     // Whatever is still unacked will never be acked on this channel: the broker requeues it.
     engine.metrics.in_flight_add(-(session.acks.in_flight() as i64));
     if result.is_ok() {
+        // What is buffered and not taken goes back to the queues now, in order, and only
+        // then does the broker activate a standby engine's consumers.
         let _ = consume_ch.close(200, "shutdown".into()).await;
         let _ = publish_ch.close(200, "shutdown".into()).await;
     }
@@ -300,7 +296,7 @@ impl Session<'_> {
             self.engine.metrics.set_broker_connected(true);
             loop {
                 let mut inputs = Inputs::legacy(consume_ch, layout.legacy_queue(), self.engine.config.broker.prefetch);
-                if let PumpEnd::Shutdown = self.pump(&mut inputs, consume_ch, shutdown).await? {
+                if let PumpEnd::Shutdown = self.pump(&mut inputs, shutdown).await? {
                     return Ok(SessionEnd::Shutdown);
                 }
                 if legacy::delete_if_empty(conn, layout).await? {
@@ -325,18 +321,13 @@ impl Session<'_> {
         queues.extend(leftover);
         let mut inputs = Inputs::partitions(consume_ch, &queues).await?;
         self.engine.metrics.set_broker_connected(true);
-        match self.pump(&mut inputs, consume_ch, shutdown).await? {
+        match self.pump(&mut inputs, shutdown).await? {
             PumpEnd::Shutdown => Ok(SessionEnd::Shutdown),
             PumpEnd::Exhausted => Err(BrokerError::ConsumerEnded),
         }
     }
 
-    async fn pump(
-        &mut self,
-        inputs: &mut Inputs,
-        consume_ch: &Channel,
-        shutdown: &CancellationToken,
-    ) -> Result<PumpEnd, BrokerError> {
+    async fn pump(&mut self, inputs: &mut Inputs, shutdown: &CancellationToken) -> Result<PumpEnd, BrokerError> {
         let mut draining = false;
         let mut exhausted = false;
         // A stuck store or broker must not hold shutdown forever: after this, whatever is
@@ -362,13 +353,17 @@ impl Session<'_> {
                     }
                     self.flush_acks().await?;
                 }
+                // No `basic.cancel`: on a single-active-consumer queue it activates the next
+                // engine at once, while the inputs this one has buffered but not taken are
+                // still unacked here; they would reach the next engine after newer ones. The
+                // consumers stay, nothing more is taken, and once the taken inputs are settled
+                // the session closes the channel: the broker returns the buffered inputs in
+                // order, then activates the next consumer (tested: a SIGTERM handover to a
+                // standby keeps the conversation in order).
                 _ = shutdown.cancelled(), if !draining => {
                     tracing::info!(in_flight = self.acks.in_flight(), "shutting down: no new inputs, finishing in-flight ones");
                     draining = true;
                     drain_deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_LIMIT);
-                    for tag in &inputs.tags {
-                        consume_ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await?;
-                    }
                 }
                 next = inputs.stream.next(), if !draining && !exhausted && room => match next {
                     Some(Ok(delivery)) => self.start(delivery, shutdown).await?,
@@ -381,7 +376,7 @@ impl Session<'_> {
         }
         self.flush_acks().await?;
         if draining {
-            // Deliveries this session will not take or finish (buffered after the cancel,
+            // Deliveries this session will not take or finish (buffered, not taken,
             // or waiting for the store) hold back the coalesced ack of everything above them:
             // ack what is settled one by one, so a graceful stop leaves no published input
             // to be redelivered.

@@ -126,3 +126,59 @@ async fn sigterm_finishes_in_flight_and_exits_0() {
     let dups: usize = seen.values().map(|v| v.len() - 1).sum();
     assert_eq!(dups, 0, "a graceful stop acks everything it published");
 }
+
+/// SIGTERM hands the queue over to a standby engine without reordering: the stopping engine
+/// finishes what it took, acks it, and only then lets go of the queue (closing its channel
+/// returns what it had buffered, in order, before the broker activates the standby).
+/// `basic.cancel` first would activate the standby at once, with the buffered inputs coming
+/// back behind newer ones.
+#[tokio::test]
+async fn sigterm_hands_over_to_a_standby_in_order() {
+    let b = broker();
+    let mut first = EngineProc::start(b, &[("PREFETCH_MESSAGES", "512")]).await;
+    let standby = EngineProc::start(
+        b,
+        &[
+            ("APP_ID", first.app.as_str()),
+            ("QUEUE_NAME", first.queue.as_str()),
+            ("PREFETCH_MESSAGES", "512"),
+        ],
+    )
+    .await;
+    let (s, r) = (fresh("s"), fresh("r"));
+    let tap = Tap::new(b, &format!("apps.{}.users.{r}.messages.*.clientadded", first.app)).await;
+    let sender = stream(b, &first, &s, &r).await;
+    let before = wait_for_some(&tap, N / 4).await;
+    first.sigterm();
+    let t = Instant::now();
+    while first.child.try_wait().unwrap().is_none() {
+        assert!(t.elapsed() < Duration::from_secs(30), "no exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(before < N, "the handover must happen mid-stream (had {before})");
+    let _sender = sender.await.unwrap();
+    // Every copy in arrival order: the first arrival of each message, in sequence.
+    let mut order = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < N && Instant::now() < deadline {
+        for (_, m) in tap.drain().await {
+            let seq = m["seq"].as_i64().unwrap();
+            if seen.insert(seq) {
+                order.push(seq);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen.len(), N, "missing messages; standby log:\n{}", standby.log_text());
+    let out_of_order = order.windows(2).filter(|w| w[1] < w[0]).count();
+    assert_eq!(
+        out_of_order,
+        0,
+        "the handover reordered the conversation (first place: {:?})",
+        order
+            .windows(2)
+            .position(|w| w[1] < w[0])
+            .map(|i| &order[i.saturating_sub(2)..i + 3])
+    );
+}
