@@ -113,6 +113,7 @@ pub struct Metrics {
     webhook_events: Counter,
     webhook_posts: Family<WebhookLabels, Counter>,
     webhook_latency: Histogram,
+    partitions_owned: Gauge,
     broker_connected: AtomicBool,
     store_ok: AtomicBool,
 }
@@ -130,6 +131,12 @@ impl Metrics {
         let commits = Counter::default();
         let commit_latency = Histogram::new(exponential_buckets(0.000_1, 2.0, 16));
         let store_up = Gauge::default();
+        let partitions_owned = Gauge::default();
+        registry.register(
+            "partitions_owned",
+            "Input partitions this engine consumes (with a shared PostgreSQL store: its share of them)",
+            partitions_owned.clone(),
+        );
         registry.register(
             "store_commits",
             "Store transactions committed (each holds many inputs)",
@@ -221,6 +228,7 @@ impl Metrics {
             webhook_events,
             webhook_posts,
             webhook_latency,
+            partitions_owned,
             broker_connected: AtomicBool::new(false),
             store_ok: AtomicBool::new(true),
         })
@@ -290,6 +298,10 @@ impl Metrics {
 
     pub fn reconnected(&self) {
         self.reconnects.inc();
+    }
+
+    pub fn set_partitions_owned(&self, n: usize) {
+        self.partitions_owned.set(n as i64);
     }
 
     pub fn set_broker_connected(&self, up: bool) {

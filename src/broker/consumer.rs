@@ -31,10 +31,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::acks::AckTracker;
 use super::log_budget::LogBudget;
+use super::ownership::{Ownership, Partitions};
 use super::submit::{self, Settlement};
 use super::topology::{self, Layout};
 use super::{legacy, BrokerError, EXCHANGE};
@@ -180,9 +182,19 @@ impl Inputs {
     }
 }
 
+/// Resolves when the share changes (an error: the ownership task ended).
+async fn share_changed(share: &mut Option<&mut watch::Receiver<Partitions>>) -> Result<(), watch::error::RecvError> {
+    match share {
+        Some(rx) => rx.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// How a run of [`Session::pump`] ended.
 enum PumpEnd {
     Shutdown,
+    /// This engine's share of the partitions changed; what it took is settled.
+    Rebalance,
     /// A finite input stream ended and everything taken from it is settled.
     Exhausted,
 }
@@ -191,6 +203,7 @@ pub async fn run_session(
     engine: &Arc<Engine>,
     store: Option<&Store>,
     writer: Option<&Writer>,
+    ownership: Option<&Ownership>,
     conn: &Arc<Connection>,
     shutdown: &CancellationToken,
 ) -> Result<SessionEnd, BrokerError> {
@@ -241,8 +254,13 @@ pub async fn run_session(
         requeue_backoff: None,
         logs: LogBudget::default(),
         outbox,
+        ownership,
     };
     let result = session.run(conn, &consume_ch, &layout, shutdown).await;
+    if let Some(o) = ownership {
+        // Whatever this session consumed, the broker takes back with its channels.
+        o.consuming.send_replace(Partitions::new());
+    }
     engine.submitter.disconnect();
     // Whatever is still unacked will never be acked on this channel: the broker requeues it.
     engine.metrics.in_flight_add(-(session.acks.in_flight() as i64));
@@ -271,6 +289,8 @@ struct Session<'a> {
     logs: LogBudget,
     /// Where inputs record their webhook events (webhooks on).
     outbox: Option<Outbox>,
+    /// This engine's share of the partitions (a shared PostgreSQL store); None: all of them.
+    ownership: Option<&'a Ownership>,
 }
 
 impl Session<'_> {
@@ -296,7 +316,7 @@ impl Session<'_> {
             self.engine.metrics.set_broker_connected(true);
             loop {
                 let mut inputs = Inputs::legacy(consume_ch, layout.legacy_queue(), self.engine.config.broker.prefetch);
-                if let PumpEnd::Shutdown = self.pump(&mut inputs, shutdown).await? {
+                if let PumpEnd::Shutdown = self.pump(&mut inputs, shutdown, None).await? {
                     return Ok(SessionEnd::Shutdown);
                 }
                 if legacy::delete_if_empty(conn, layout).await? {
@@ -319,16 +339,67 @@ impl Session<'_> {
             );
         }
         queues.extend(leftover);
-        let mut inputs = Inputs::partitions(consume_ch, &queues).await?;
+        let Some(ownership) = self.ownership else {
+            let mut inputs = Inputs::partitions(consume_ch, &queues).await?;
+            self.engine.metrics.set_partitions_owned(queues.len());
+            self.engine.metrics.set_broker_connected(true);
+            return match self.pump(&mut inputs, shutdown, None).await? {
+                PumpEnd::Shutdown => Ok(SessionEnd::Shutdown),
+                PumpEnd::Exhausted | PumpEnd::Rebalance => Err(BrokerError::ConsumerEnded),
+            };
+        };
         self.engine.metrics.set_broker_connected(true);
-        match self.pump(&mut inputs, shutdown).await? {
-            PumpEnd::Shutdown => Ok(SessionEnd::Shutdown),
-            PumpEnd::Exhausted => Err(BrokerError::ConsumerEnded),
+        let mut desired = ownership.desired.clone();
+        let prefetch = layout.prefetch_per_queue(self.engine.config.broker.prefetch);
+        loop {
+            let share: Partitions = desired.borrow_and_update().clone();
+            // Partitions left over from a larger PARTITIONS go with partition 0's owner.
+            let partitions = usize::from(self.engine.config.broker.partitions);
+            let mine: Vec<String> = queues
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| share.contains(i) || (*i >= partitions && share.contains(&0)))
+                .map(|(_, q)| q.clone())
+                .collect();
+            self.engine.metrics.set_partitions_owned(share.len());
+            if mine.is_empty() {
+                tokio::select! {
+                    changed = desired.changed() => if changed.is_err() { return Ok(SessionEnd::Shutdown) },
+                    _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+                }
+                continue;
+            }
+            // A channel per share: handing partitions over is closing it (see `pump`).
+            let channel = conn.create_channel().await?;
+            channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+            let mut inputs = Inputs::partitions(&channel, &mine).await?;
+            ownership.consuming.send_replace(share.clone());
+            let end = self.pump(&mut inputs, shutdown, Some(&mut desired)).await?;
+            let unsettled = !self.pending.is_empty();
+            // Everything taken is settled and acked: closing the channel returns what it had
+            // buffered, in order, before the broker activates the next owner's consumer.
+            let _ = channel.close(200, "partitions handed over".into()).await;
+            self.engine.metrics.in_flight_add(-(self.acks.in_flight() as i64));
+            self.acks = AckTracker::default();
+            ownership.consuming.send_replace(Partitions::new());
+            match end {
+                PumpEnd::Shutdown => return Ok(SessionEnd::Shutdown),
+                PumpEnd::Exhausted => return Err(BrokerError::ConsumerEnded),
+                // Confirms still pending belong to a closed channel: start over clean.
+                PumpEnd::Rebalance if unsettled => return Err(BrokerError::HandoverUnsettled),
+                PumpEnd::Rebalance => {}
+            }
         }
     }
 
-    async fn pump(&mut self, inputs: &mut Inputs, shutdown: &CancellationToken) -> Result<PumpEnd, BrokerError> {
+    async fn pump(
+        &mut self,
+        inputs: &mut Inputs,
+        shutdown: &CancellationToken,
+        mut share: Option<&mut watch::Receiver<Partitions>>,
+    ) -> Result<PumpEnd, BrokerError> {
         let mut draining = false;
+        let mut rebalance = false;
         let mut exhausted = false;
         // A stuck store or broker must not hold shutdown forever: after this, whatever is
         // still unacked is left to the broker, which redelivers it to the next engine.
@@ -365,6 +436,13 @@ impl Session<'_> {
                     draining = true;
                     drain_deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_LIMIT);
                 }
+                // The share changed: the same drain, then the session consumes the new share.
+                changed = share_changed(&mut share), if !draining && share.is_some() => {
+                    tracing::info!(in_flight = self.acks.in_flight(), gone = changed.is_err(), "partition share changing: finishing in-flight inputs first");
+                    draining = true;
+                    rebalance = true;
+                    drain_deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_LIMIT);
+                }
                 next = inputs.stream.next(), if !draining && !exhausted && room => match next {
                     Some(Ok(delivery)) => self.start(delivery, shutdown).await?,
                     Some(Err(e)) => return Err(e.into()),
@@ -384,7 +462,9 @@ impl Session<'_> {
                 acker.ack(BasicAckOptions { multiple: false }).await?;
             }
         }
-        Ok(if draining {
+        Ok(if rebalance && !shutdown.is_cancelled() {
+            PumpEnd::Rebalance
+        } else if draining {
             PumpEnd::Shutdown
         } else {
             PumpEnd::Exhausted

@@ -6,6 +6,7 @@ mod connect;
 mod consumer;
 mod legacy;
 pub(crate) mod log_budget;
+pub mod ownership;
 pub mod submit;
 mod supervisor;
 pub mod topology;
@@ -25,6 +26,8 @@ pub enum BrokerError {
     ConsumerEnded,
     #[error("the broker closed the channel webhook events are published on")]
     OutboxClosed,
+    #[error("inputs of partitions handed to another engine were not settled within the drain limit")]
+    HandoverUnsettled,
     #[error("service token: {0}")]
     ServiceToken(#[from] crate::jwt::JwtError),
 }

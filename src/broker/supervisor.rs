@@ -5,6 +5,8 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::consumer::{self, SessionEnd};
+use super::ownership::Ownership;
+use crate::config::Database;
 use crate::retry::Backoff;
 use crate::store::writer::Writer;
 use crate::store::Store;
@@ -19,6 +21,18 @@ const HEALTHY_SESSION: std::time::Duration = std::time::Duration::from_secs(30);
 pub async fn supervise(engine: Arc<Engine>, store: Option<Store>, writer: Option<Writer>, shutdown: CancellationToken) {
     let mut backoff = Backoff::BROKER.delays();
     let mut connected_before = false;
+    // Engines that share a PostgreSQL store share the partitions out (`ownership.rs`); with
+    // SQLite, or none, an engine is alone with its store and consumes them all.
+    let ownership = match &engine.config.store {
+        Some(Database::Postgres { url }) => Some(Ownership::spawn(
+            url.expose().to_owned(),
+            engine.config.broker.queue_name.clone(),
+            usize::from(engine.config.broker.partitions),
+            engine.metrics.clone(),
+            shutdown.clone(),
+        )),
+        _ => None,
+    };
     while !shutdown.is_cancelled() {
         match super::connect(&engine.config, "chat21-engine").await {
             Ok(conn) => {
@@ -28,7 +42,15 @@ pub async fn supervise(engine: Arc<Engine>, store: Option<Store>, writer: Option
                 connected_before = true;
                 tracing::info!("connected to broker");
                 let started = std::time::Instant::now();
-                let end = consumer::run_session(&engine, store.as_ref(), writer.as_ref(), &conn, &shutdown).await;
+                let end = consumer::run_session(
+                    &engine,
+                    store.as_ref(),
+                    writer.as_ref(),
+                    ownership.as_ref(),
+                    &conn,
+                    &shutdown,
+                )
+                .await;
                 engine.metrics.set_broker_connected(false);
                 if started.elapsed() >= HEALTHY_SESSION {
                     backoff = Backoff::BROKER.delays();
