@@ -25,28 +25,17 @@ pub async fn connect(cfg: &Config, name: &str) -> Result<Arc<Connection>, super:
     };
     let uris = cfg.amqp_uris(token.as_deref());
     let start = NEXT_NODE.fetch_add(1, Ordering::Relaxed);
-    let mut last = None;
-    let mut conn = None;
-    for i in 0..uris.len() {
-        let uri = &uris[(start + i) % uris.len()];
+    let mut tries = (0..uris.len()).map(|i| (start + i) % uris.len()).peekable();
+    let conn = loop {
+        let node = tries.next().expect("amqp_uris is never empty");
         let props = ConnectionProperties::default().with_connection_name(name.into());
-        match Connection::connect(uri, props).await {
-            Ok(c) => {
-                conn = Some(c);
-                break;
-            }
+        match Connection::connect(&uris[node], props).await {
+            Ok(c) => break Arc::new(c),
+            Err(e) if tries.peek().is_none() => return Err(e.into()),
             Err(e) => {
-                if uris.len() > 1 {
-                    tracing::debug!(node = (start + i) % uris.len() + 1, error = %e, "broker node refused the connection; trying the next");
-                }
-                last = Some(e);
+                tracing::debug!(node = node + 1, error = %e, "broker node refused the connection; trying the next")
             }
         }
-    }
-    let conn = match (conn, last) {
-        (Some(c), _) => Arc::new(c),
-        (None, Some(e)) => return Err(e.into()),
-        (None, None) => unreachable!("amqp_uris is never empty"),
     };
     if token.is_some() {
         spawn_token_refresh(conn.clone(), cfg.clone());
